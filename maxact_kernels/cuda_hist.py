@@ -23,8 +23,8 @@ launched on torch's current stream, so no host synchronisation happens.
 
 from __future__ import annotations
 
-import ctypes
 import functools
+import os
 import logging
 
 import numpy as np
@@ -34,18 +34,23 @@ logger = logging.getLogger(__name__)
 
 HIST_BINS = 32768
 _BLOCK = 512
-_BLOCKS_PER_SM = 2
+_BLOCKS_PER_SM = int(os.environ.get("MAXACT_CUDA_BLOCKS_PER_SM", 2))
 # Below this many bytes per block the fixed cost (zeroing and flushing 8192 shared bins) dominates.
-_MIN_BYTES_PER_BLOCK = 256 * 1024
+_MIN_BYTES_PER_BLOCK = int(os.environ.get("MAXACT_CUDA_MIN_BYTES_PER_BLOCK", 64 * 1024))
+# 16-byte loads each lane issues before using the first: memory-level parallelism on HBM3.
+_UNROLL = int(os.environ.get("MAXACT_CUDA_UNROLL", 2))
 
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2}
 
 _SOURCE = r"""
+#ifndef MAXACT_MIN_BLOCKS
+#define MAXACT_MIN_BLOCKS 2
+#endif
 typedef unsigned long long u64;
 typedef long long i64;
 
 #define WLO   12160   /* first windowed bin: exponent field 95, i.e. |x| = 2^-32 */
-#define WBINS 8192    /* 64 binades x 128 mantissa bins: 2^-32 <= |x| < 2^32 */
+#define WBINS 8192    /* 64 binades x 128 mantissa bins: 2^-32 <= |x| < 2^32; slot WBINS is a dump */
 
 template <int DT> struct Elem;
 template <> struct Elem<0> { static constexpr int PER_VEC = 8; };   /* bf16 */
@@ -81,31 +86,33 @@ template <> __device__ __forceinline__ float load_scalar<2>(const char* p, i64 c
 
 struct Acc {
     double s, s2, sa;           /* finite values: sum, sum of squares, sum of |x| */
-    float mn, mx;               /* non-NaN values */
-    unsigned n, nnan, npinf, nninf;
+    float mn, mx;               /* non-NaN values (fminf/fmaxf skip NaN) */
+    unsigned n, nnan, npinf, nninf;   /* n = elements of valid rows, NaN included */
 };
 
 /* One element. fs/fs2/fsa are fp32 partials of the current 16-byte vector. */
-__device__ __forceinline__ void visit(float v, unsigned* sh, u64* ghist, Acc& a,
+template <bool ROWS>
+__device__ __forceinline__ void visit(float v, unsigned* sh, u64* ghist, Acc& a, unsigned& nzero,
                                       float& fs, float& fs2, float& fsa,
                                       float& rmax, int& rarg, int ch) {
-    unsigned ab = __float_as_uint(v) & 0x7fffffffu;
-    a.n += 1;
-    if (ab > 0x7f800000u) { a.nnan += 1; return; }
-    unsigned b = ab >> 16;
-    unsigned w = b - WLO;
-    if (w < WBINS) atomicAdd(sh + w, 1u);
-    else if (ab == 0u) atomicAdd(sh + WBINS, 1u);
-    else atomicAdd(ghist + b, 1ull);
-    float x = __uint_as_float(ab);
-    if (ab == 0x7f800000u) {
-        if (v < 0.f) a.nninf += 1; else a.npinf += 1;
-    } else {
-        fs += v; fs2 = fmaf(v, v, fs2); fsa += x;
-    }
+    const unsigned ab = __float_as_uint(v) & 0x7fffffffu;
+    const float x = __uint_as_float(ab);
     a.mn = fminf(a.mn, v);
     a.mx = fmaxf(a.mx, v);
-    if (x > rmax) { rmax = x; rarg = ch; }      /* strict: keeps the first channel of a tie */
+    if (ROWS && x > rmax) { rmax = x; rarg = ch; }   /* strict: keeps the first channel of a tie; NaN never wins */
+    const float vf = ab < 0x7f800000u ? v : 0.f;      /* sums skip inf and NaN */
+    fs += vf; fs2 = fmaf(vf, vf, fs2); fsa += fabsf(vf);
+    const unsigned w = (ab >> 16) - WLO;
+    if (w < WBINS) {
+        atomicAdd(sh + w, 1u);
+    } else if ((ab >> 16) == 0u) {
+        nzero += 1u;
+    } else if (ab > 0x7f800000u) {
+        a.nnan += 1;
+    } else {   /* subnormal, tiny, huge or inf: rare, straight to the global histogram */
+        atomicAdd(ghist + (ab >> 16), 1ull);
+        if (ab == 0x7f800000u) { if (v < 0.f) a.nninf += 1; else a.npinf += 1; }
+    }
 }
 
 __device__ __forceinline__ void atomic_max_float(float* addr, float v) {
@@ -117,8 +124,155 @@ __device__ __forceinline__ void atomic_min_float(float* addr, float v) {
     else atomicMax((unsigned*)addr, __float_as_uint(v));
 }
 
-template <int DT, bool VEC, bool ROWS>
-__global__ void __launch_bounds__(512, 2) maxact_fused_stats(
+/* Activations are read once: keep them out of L1 (the load flavour made no measurable difference). */
+__device__ __forceinline__ uint4 load_streaming(const uint4* p) {
+    uint4 q;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(q.x), "=r"(q.y), "=r"(q.z), "=r"(q.w) : "l"(p));
+    return q;
+}
+
+/* Packed 16-bit helpers (sm_80+). Without the .NaN modifier, min/max return the non-NaN operand. */
+template <int DT> __device__ __forceinline__ unsigned pmax(unsigned a, unsigned b);
+template <int DT> __device__ __forceinline__ unsigned pmin(unsigned a, unsigned b);
+template <> __device__ __forceinline__ unsigned pmax<0>(unsigned a, unsigned b) {
+    unsigned d; asm("max.bf16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b)); return d; }
+template <> __device__ __forceinline__ unsigned pmin<0>(unsigned a, unsigned b) {
+    unsigned d; asm("min.bf16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b)); return d; }
+template <> __device__ __forceinline__ unsigned pmax<1>(unsigned a, unsigned b) {
+    unsigned d; asm("max.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b)); return d; }
+template <> __device__ __forceinline__ unsigned pmin<1>(unsigned a, unsigned b) {
+    unsigned d; asm("min.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b)); return d; }
+/* exponent bits of both halves: a half is inf or NaN when all of them are set */
+template <int DT> struct Exp16;
+template <> struct Exp16<0> { static constexpr unsigned M = 0x7f807f80u; };
+template <> struct Exp16<1> { static constexpr unsigned M = 0x7c007c00u; };
+
+/* Histogram bin (float32 bits of |x| >> 16) of element h of word w holding value v. */
+template <int DT> __device__ __forceinline__ unsigned bin_of(unsigned w, int h, float v) {
+    if (DT == 0) return (h == 0 ? w : (w >> 16)) & 0x7fffu;     /* bf16: the raw bits are the bin */
+    return (__float_as_uint(v) & 0x7fffffffu) >> 16;
+}
+
+/* One 16-byte vector with no inf or NaN: the hot path, free of per-element branches so the compiler can
+   interleave the elements' atomics. Every element does one shared atomic: its window bin, or the dump
+   slot WBINS (never flushed) when outside the window. Bin 0 (zeros) is counted in a register; the rare
+   bins outside the window are redone once per vector on the global histogram. Min and max of 16-bit
+   types stay packed (pmn/pmx) until the end of the thread; the row maximum is tested once per vector. */
+template <int DT, bool ROWS>
+__device__ __forceinline__ void visit_vec_finite(const unsigned wv[4], unsigned* sh, u64* ghist, Acc& a,
+                                                 unsigned& pmn, unsigned& pmx, unsigned& nzero,
+                                                 float& rmax, int& rarg, int ch0) {
+    constexpr int PER_WORD = (DT == 2) ? 1 : 2;
+    constexpr int NE = 4 * PER_WORD;
+    float v[NE];
+    unsigned bn[NE];
+    #pragma unroll
+    for (int j = 0; j < NE; ++j) {
+        v[j] = unpack<DT>(wv[j / PER_WORD], j % PER_WORD);
+        bn[j] = bin_of<DT>(wv[j / PER_WORD], j % PER_WORD, v[j]);
+    }
+    float fs = 0.f, fs2 = 0.f, fsa = 0.f;
+    bool rare = false;
+    #pragma unroll
+    for (int j = 0; j < NE; ++j) {
+        fs += v[j]; fs2 = fmaf(v[j], v[j], fs2); fsa += fabsf(v[j]);
+        const unsigned w = bn[j] - WLO;
+        const bool in = w < WBINS;
+        atomicAdd(sh + (in ? w : WBINS), 1u);
+        nzero += (bn[j] == 0u);
+        rare |= !in & (bn[j] != 0u);
+    }
+    a.s += (double)fs; a.s2 += (double)fs2; a.sa += (double)fsa;
+    if (rare) {                               /* subnormal, tiny or huge (finite): global histogram */
+        #pragma unroll
+        for (int j = 0; j < NE; ++j) {
+            if (bn[j] - WLO >= WBINS && bn[j] != 0u) atomicAdd(ghist + bn[j], 1ull);
+        }
+    }
+    float vm;
+    if (DT != 2) {
+        unsigned vabs = 0u;
+        #pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            pmn = pmin<DT == 2 ? 0 : DT>(pmn, wv[k]);
+            pmx = pmax<DT == 2 ? 0 : DT>(pmx, wv[k]);
+            if (ROWS) vabs = pmax<DT == 2 ? 0 : DT>(vabs, wv[k] & 0x7fff7fffu);
+        }
+        vm = fmaxf(unpack<DT>(vabs, 0), unpack<DT>(vabs, 1));
+    } else {
+        vm = 0.f;
+        #pragma unroll
+        for (int j = 0; j < NE; ++j) {
+            a.mn = fminf(a.mn, v[j]); a.mx = fmaxf(a.mx, v[j]);
+            vm = fmaxf(vm, fabsf(v[j]));
+        }
+    }
+    if (ROWS && vm > rmax) {                  /* rare after the first vectors: find the first channel */
+        rmax = vm;
+        #pragma unroll
+        for (int j = NE - 1; j >= 0; --j) {
+            if (fabsf(v[j]) == vm) rarg = ch0 + j;
+        }
+    }
+}
+
+/* One loaded 16-byte vector starting at channel ch0: the finite fast path, or element by element. */
+template <int DT, bool ROWS>
+__device__ __forceinline__ void process_vec(const uint4 q, int ch0, unsigned* sh, u64* hist, Acc& a,
+                                            unsigned& pmn, unsigned& pmx, unsigned& nzero,
+                                            float& rmax, int& rarg) {
+    constexpr int PER_WORD = (DT == 2) ? 1 : 2;
+    const unsigned wv[4] = {q.x, q.y, q.z, q.w};
+    unsigned nonfinite = 0u;
+    #pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        if (DT == 2) nonfinite |= (wv[k] & 0x7f800000u) == 0x7f800000u;
+        else nonfinite |= __vcmpeq2(wv[k] & Exp16<DT == 2 ? 0 : DT>::M, Exp16<DT == 2 ? 0 : DT>::M);
+    }
+    if (nonfinite == 0u) {
+        visit_vec_finite<DT, ROWS>(wv, sh, hist, a, pmn, pmx, nzero, rmax, rarg, ch0);
+        return;
+    }
+    float fs = 0.f, fs2 = 0.f, fsa = 0.f;
+    #pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        #pragma unroll
+        for (int h = 0; h < PER_WORD; ++h) {
+            visit<ROWS>(unpack<DT>(wv[k], h), sh, hist, a, nzero, fs, fs2, fsa, rmax, rarg, ch0 + k * PER_WORD + h);
+        }
+    }
+    a.s += (double)fs; a.s2 += (double)fs2; a.sa += (double)fsa;
+}
+
+/* End of a row: warp arg-max (larger value wins, the smaller channel breaks ties), then lane 0 writes the
+   row outputs and the per-sample peak. */
+__device__ __forceinline__ void finish_row(i64 row, int lane, float rmax, int rarg,
+                                           float* row_absmax, int* row_argmax, i64* rowkey,
+                                           const i64* sample_ids, float* sample_max, i64 n_samples,
+                                           i64* sample_oor) {
+    #pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+        float om = __shfl_down_sync(0xffffffffu, rmax, off);
+        int oa = __shfl_down_sync(0xffffffffu, rarg, off);
+        if (om > rmax || (om == rmax && oa >= 0 && (rarg < 0 || oa < rarg))) { rmax = om; rarg = oa; }
+    }
+    if (lane == 0) {
+        row_absmax[row] = rmax;
+        row_argmax[row] = rmax >= 0.f ? rarg : -1;
+        rowkey[row] = rmax >= 0.f
+            ? (((i64)__float_as_int(rmax)) << 32) | (i64)(0xffffffffu - (unsigned)row)
+            : (i64)-1;
+        if (sample_max != nullptr && rmax >= 0.f) {
+            i64 sid = sample_ids != nullptr ? sample_ids[row] : (i64)-1;
+            if (sid >= 0 && sid < n_samples) atomicMax((int*)(sample_max + sid), __float_as_int(rmax));
+            else atomicAdd((u64*)sample_oor, 1ull);
+        }
+    }
+}
+
+template <int DT, bool VEC, bool ROWS, int UNROLL>
+__global__ void __launch_bounds__(512, MAXACT_MIN_BLOCKS) maxact_fused_stats(
     const char* __restrict__ x, i64 n_rows, i64 n_cols, i64 row_stride_bytes,
     const unsigned char* __restrict__ mask,           /* [n_rows] or null */
     i64* __restrict__ counts,                          /* [4] non-NaN, NaN, +inf, -inf */
@@ -133,73 +287,89 @@ __global__ void __launch_bounds__(512, 2) maxact_fused_stats(
     for (int i = threadIdx.x; i < WBINS + 1; i += blockDim.x) sh[i] = 0u;
     __syncthreads();
 
-    const int lane = threadIdx.x & 31;
+    const int lane = threadIdx.x & 31;  /* one warp per row */
     const int warp = threadIdx.x >> 5;
     const int nwarps = blockDim.x >> 5;
     constexpr int PV = Elem<DT>::PER_VEC;
-    constexpr int WORDS_PER_ELEM_PAIR = (DT == 2) ? 1 : 2;   /* elements per 32-bit word */
+    constexpr int PER_WORD = (DT == 2) ? 1 : 2;   /* elements per 32-bit word */
 
     Acc a;
     a.s = 0.0; a.s2 = 0.0; a.sa = 0.0;
     a.mn = __int_as_float(0x7f800000); a.mx = __int_as_float(0xff800000);
     a.n = 0u; a.nnan = 0u; a.npinf = 0u; a.nninf = 0u;
+    /* packed running min/max of the finite fast path: +inf / -inf in both halves */
+    unsigned pmn = DT == 1 ? 0x7c007c00u : 0x7f807f80u;
+    unsigned pmx = DT == 1 ? 0xfc00fc00u : 0xff80ff80u;
+    unsigned nzero = 0u;    /* elements in bin 0 (zeros, and fp32 subnormals below 2^-133) */
 
-    for (i64 row = (i64)blockIdx.x * nwarps + warp; row < n_rows; row += (i64)gridDim.x * nwarps) {
-        if (mask != nullptr && mask[row] == 0) {
-            if (ROWS && lane == 0) { row_absmax[row] = -1.f; row_argmax[row] = -1; rowkey[row] = -1; }
-            continue;
+    const i64 step = (i64)gridDim.x * nwarps;
+    /* masked rows get -1 row outputs and are skipped; returns the first valid row at or after r */
+    auto next_valid = [&](i64 r) {
+        while (r < n_rows && mask != nullptr && mask[r] == 0) {
+            if (ROWS && lane == 0) { row_absmax[r] = -1.f; row_argmax[r] = -1; rowkey[r] = -1; }
+            r += step;
         }
-        const char* rp = x + row * row_stride_bytes;
-        float rmax = -1.f;
-        int rarg = -1;
-        if (VEC) {
-            const uint4* vp = (const uint4*)rp;
-            const i64 nvec = n_cols / PV;
-            for (i64 v = lane; v < nvec; v += 32) {
-                uint4 q = vp[v];
-                unsigned wv[4] = {q.x, q.y, q.z, q.w};
-                float fs = 0.f, fs2 = 0.f, fsa = 0.f;
-                const int ch0 = (int)(v * PV);
-                #pragma unroll
-                for (int k = 0; k < 4; ++k) {
-                    #pragma unroll
-                    for (int h = 0; h < WORDS_PER_ELEM_PAIR; ++h) {
-                        visit(unpack<DT>(wv[k], h), sh, hist, a, fs, fs2, fsa, rmax, rarg,
-                              ch0 + k * WORDS_PER_ELEM_PAIR + h);
-                    }
-                }
-                a.s += (double)fs; a.s2 += (double)fs2; a.sa += (double)fsa;
+        return r;
+    };
+    float rmax = -1.f;
+    int rarg = -1;
+    if (VEC) {
+        /* Software-pipelined over (row, chunk): the next chunk's UNROLL 16-byte loads, possibly of the
+           warp's next row, are in flight while the current chunk is processed, so short rows (1-4K
+           channels) do not stall the warp at every row start. */
+        const i64 nvec = n_cols / PV;
+        const i64 chunk = 32 * UNROLL;
+        const i64 cpr = (nvec + chunk - 1) / chunk;
+        i64 row = next_valid((i64)blockIdx.x * nwarps + warp);
+        i64 c = 0;
+        uint4 q[UNROLL];
+        auto load_chunk = [&](i64 r, i64 cc) {
+            const uint4* vp = (const uint4*)(x + r * row_stride_bytes);
+            #pragma unroll
+            for (int u = 0; u < UNROLL; ++u) {
+                const i64 v = cc * chunk + lane + (i64)u * 32;
+                if (v < nvec) q[u] = load_streaming(vp + v);
             }
-        } else {
+        };
+        if (row < n_rows) load_chunk(row, c);
+        while (row < n_rows) {
+            uint4 cur[UNROLL];
+            #pragma unroll
+            for (int u = 0; u < UNROLL; ++u) cur[u] = q[u];
+            const i64 cur_row = row, cur_c = c;
+            if (++c == cpr) { c = 0; row = next_valid(row + step); }
+            if (row < n_rows) load_chunk(row, c);
+            #pragma unroll
+            for (int u = 0; u < UNROLL; ++u) {
+                const i64 v = cur_c * chunk + lane + (i64)u * 32;
+                if (v < nvec) process_vec<DT, ROWS>(cur[u], (int)(v * PV), sh, hist, a, pmn, pmx, nzero, rmax, rarg);
+            }
+            if (cur_c == cpr - 1) {
+                if (lane == 0) a.n += (unsigned)n_cols;
+                if (ROWS) finish_row(cur_row, lane, rmax, rarg, row_absmax, row_argmax, rowkey,
+                                     sample_ids, sample_max, n_samples, sample_oor);
+                rmax = -1.f; rarg = -1;
+            }
+        }
+    } else {
+        for (i64 row = next_valid((i64)blockIdx.x * nwarps + warp); row < n_rows; row = next_valid(row + step)) {
+            const char* rp = x + row * row_stride_bytes;
             for (i64 c = lane; c < n_cols; c += 32) {
                 float fs = 0.f, fs2 = 0.f, fsa = 0.f;
-                visit(load_scalar<DT>(rp, c), sh, hist, a, fs, fs2, fsa, rmax, rarg, (int)c);
+                visit<ROWS>(load_scalar<DT>(rp, c), sh, hist, a, nzero, fs, fs2, fsa, rmax, rarg, (int)c);
                 a.s += (double)fs; a.s2 += (double)fs2; a.sa += (double)fsa;
             }
-        }
-        if (ROWS) {
-            /* warp arg-max: larger value wins, the smaller channel breaks ties */
-            #pragma unroll
-            for (int off = 16; off > 0; off >>= 1) {
-                float om = __shfl_down_sync(0xffffffffu, rmax, off);
-                int oa = __shfl_down_sync(0xffffffffu, rarg, off);
-                if (om > rmax || (om == rmax && oa >= 0 && (rarg < 0 || oa < rarg))) { rmax = om; rarg = oa; }
-            }
-            if (lane == 0) {
-                row_absmax[row] = rmax;
-                row_argmax[row] = rmax >= 0.f ? rarg : -1;
-                rowkey[row] = rmax >= 0.f
-                    ? (((i64)__float_as_int(rmax)) << 32) | (i64)(0xffffffffu - (unsigned)row)
-                    : (i64)-1;
-                if (sample_max != nullptr && rmax >= 0.f) {
-                    i64 sid = sample_ids != nullptr ? sample_ids[row] : (i64)-1;
-                    if (sid >= 0 && sid < n_samples) atomicMax((int*)(sample_max + sid), __float_as_int(rmax));
-                    else atomicAdd((u64*)sample_oor, 1ull);
-                }
-            }
+            if (lane == 0) a.n += (unsigned)n_cols;
+            if (ROWS) finish_row(row, lane, rmax, rarg, row_absmax, row_argmax, rowkey,
+                                 sample_ids, sample_max, n_samples, sample_oor);
+            rmax = -1.f; rarg = -1;
         }
     }
 
+    if (DT != 2) {   /* fold the packed min/max of the finite fast path */
+        a.mn = fminf(a.mn, fminf(unpack<DT == 2 ? 0 : DT>(pmn, 0), unpack<DT == 2 ? 0 : DT>(pmn, 1)));
+        a.mx = fmaxf(a.mx, fmaxf(unpack<DT == 2 ? 0 : DT>(pmx, 0), unpack<DT == 2 ? 0 : DT>(pmx, 1)));
+    }
     /* warp reductions, then one global atomic per warp and statistic */
     #pragma unroll
     for (int off = 16; off > 0; off >>= 1) {
@@ -212,12 +382,14 @@ __global__ void __launch_bounds__(512, 2) maxact_fused_stats(
         a.nnan += __shfl_down_sync(0xffffffffu, a.nnan, off);
         a.npinf += __shfl_down_sync(0xffffffffu, a.npinf, off);
         a.nninf += __shfl_down_sync(0xffffffffu, a.nninf, off);
+        nzero += __shfl_down_sync(0xffffffffu, nzero, off);
     }
     if (lane == 0 && a.n > 0u) {
         atomicAdd((u64*)counts + 0, (u64)(a.n - a.nnan));
         if (a.nnan) atomicAdd((u64*)counts + 1, (u64)a.nnan);
         if (a.npinf) atomicAdd((u64*)counts + 2, (u64)a.npinf);
         if (a.nninf) atomicAdd((u64*)counts + 3, (u64)a.nninf);
+        if (nzero) atomicAdd(hist, (u64)nzero);
         atomicAdd(sums + 0, a.s);
         atomicAdd(sums + 1, a.s2);
         atomicAdd(sums + 2, a.sa);
@@ -231,7 +403,6 @@ __global__ void __launch_bounds__(512, 2) maxact_fused_stats(
         unsigned c = sh[i];
         if (c) atomicAdd(hist + WLO + i, (u64)c);
     }
-    if (threadIdx.x == 0 && sh[WBINS]) atomicAdd(hist, (u64)sh[WBINS]);
 }
 """
 
@@ -244,6 +415,14 @@ class _TorchStream:
 
     def __cuda_stream__(self):
         return (0, self._handle)
+
+
+@functools.lru_cache(maxsize=64)
+def _stream(handle: int):
+    """A cuda.core Stream wrapping (not owning) torch's stream ``handle``; cached per handle."""
+    cc = _cuda_core()
+    from_handle = getattr(cc.Stream, "from_handle", None)
+    return from_handle(handle) if from_handle is not None else _TorchStream(handle)
 
 
 @functools.lru_cache(maxsize=None)
@@ -271,11 +450,15 @@ def _kernel(device_index: int, dtype_code: int, vec: bool, rows: bool):
     dev.set_current()
     major, minor = torch.cuda.get_device_capability(device_index)
     opts = cc.ProgramOptions(std="c++17", arch=f"sm_{major}{minor}")
-    name = f"maxact_fused_stats<{dtype_code}, {'true' if vec else 'false'}, {'true' if rows else 'false'}>"
-    prog = cc.Program(_SOURCE, code_type="c++", options=opts)
+    name = f"maxact_fused_stats<{dtype_code}, {'true' if vec else 'false'}, {'true' if rows else 'false'}, {_UNROLL}>"
+    source = f"#define MAXACT_MIN_BLOCKS {_BLOCKS_PER_SM}\n" + _SOURCE
+    prog = cc.Program(source, code_type="c++", options=opts)
     module = prog.compile("cubin", name_expressions=(name,))
-    logger.debug("compiled %s for sm_%d%d", name, major, minor)
-    return module.get_kernel(name)
+    kernel = module.get_kernel(name)
+    attrs = kernel.attributes
+    logger.info("compiled %s for sm_%d%d: %d registers, %d bytes local memory",
+                name, major, minor, attrs.num_regs, attrs.local_size_bytes)
+    return kernel
 
 
 @functools.lru_cache(maxsize=None)
@@ -350,9 +533,9 @@ def fused_stats(
     grid = max(1, min(_num_sms(dev_index) * _BLOCKS_PER_SM, by_rows, by_bytes))
 
     cc = _cuda_core()
-    stream = _TorchStream(torch.cuda.current_stream(x2d.device).cuda_stream)
+    stream = _stream(torch.cuda.current_stream(x2d.device).cuda_stream)
     config = cc.LaunchConfig(grid=grid, block=_BLOCK)
-    p = ctypes.c_void_p
+    p = np.uintp  # pointer-sized kernel parameters
     cc.launch(
         stream, config, kernel,
         p(x2d.data_ptr()), np.int64(n_rows), np.int64(n_cols), np.int64(x2d.stride(0) * esize),

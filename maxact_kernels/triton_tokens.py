@@ -1,0 +1,322 @@
+"""Triton: per token max and exact lower median |x| over channels, the Sun et al. criterion, and the
+max-ratio / peak token records, all without a host sync.
+
+Per valid row (token) with n non-NaN values: ``tmax = max |x|`` (first channel attaining it),
+``tmed`` = the ``(n - 1) // 2``-th smallest |x| (0-based), i.e. the lower median as ``torch.median``.
+The median is found by bisection on the integer key ``bits(|x|) >> SHIFT``, which orders |x| like
+the floats do and is exact for the input dtype: SHIFT = 16 / 13 / 0 and 15 / 18 / 31 bisection steps
+for bf16 / fp16 / fp32 (their float32 images have that many low zero bits). Each step counts the keys
+<= a trial value, so the result is the exact key of an element: ``tmed`` is an element's value, not a
+bin. NaN and out-of-range lanes get a sentinel key above every real key.
+
+ratio = tmax / max(tmed, float32 tiny) in float64 (a token whose median is inf has ratio 1); pass =
+tmax > t_val and tmax > t_ratio * tmed, compared in float64. ``CANDIDATES``: only rows whose max
+(from the rows pass) exceeds t_val or equals this update's max are read and bisected: ``n_tokens`` and
+``n_pass`` are unchanged (no other row can pass), the peak record too (the peak is a candidate), and
+the max-ratio record is taken over the rows whose max exceeds t_val (so it does not depend on how
+the updates are cut).
+
+Records: each program keeps its best row per record under (key desc, sample asc, position asc, row
+asc) and writes it to a partials buffer; ``_token_records_kernel`` (one program) folds the partials into
+the state's records, ties keeping the earlier record. Bytes: reads the valid rows once when a row fits
+one block (``ONE_BLOCK``), otherwise once per bisection step (wide rows); writes a few bytes per program.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from ._state import FLOAT32_TINY
+from .triton_bits import load_f32_bits
+
+INTERPRETED = bool(triton.knobs.runtime.interpret)
+
+_I32_MAX = tl.constexpr(2147483647)
+_TINY = tl.constexpr(FLOAT32_TINY)
+_I64_MAX = tl.constexpr(9223372036854775807)
+
+# dtype -> (SHIFT, NBITS): the float32 image of |x| has SHIFT low zero bits, keys fit in NBITS bits.
+_KEY_BITS = {torch.bfloat16: (16, 15), torch.float16: (13, 18), torch.float32: (0, 31)}
+CPU_BLOCK_C = 512  # widest row held in one block in the interpreter; tests lower it to cover wide rows
+CPU_BLOCK_R = 2
+CPU_PROGRAMS = 3
+GPU_MAX_ROW_BLOCK = 16384  # rows up to this width stay in registers on the GPU
+PARTS_PER_PROGRAM_F = 6  # 2 records x (key, tmax, tmed)
+PARTS_PER_PROGRAM_I = 8  # 2 records x (sample, position, channel, row)
+
+
+@triton.jit
+def _row_keys(x_ptr, offs, inb, SHIFT: tl.constexpr):
+    """Integer keys bits(|x|) >> SHIFT; NaN and masked lanes get the sentinel (all ones)."""
+    ab = load_f32_bits(x_ptr + offs, inb) & 0x7FFFFFFF
+    return tl.where(inb & (ab <= 0x7F800000), ab >> SHIFT, 0x7FFFFFFF >> SHIFT)
+
+
+@triton.jit
+def _better(m, s, p, r, bm, bs, bp, br):
+    """(m, s, p, r) strictly precedes (bm, bs, bp, br) under (key desc, sample, position, row asc)."""
+    return (m > bm) | ((m == bm) & ((s < bs) | ((s == bs) & ((p < bp) | ((p == bp) & (r < br))))))
+
+
+@triton.jit
+def _tile_best(key, scope, sid, pos, rows, tmax, tmed, arg, bk, bs, bp, br, bmax, bmed, barg):
+    """Fold the best row of a tile (by key desc, sample, position, row asc) into the running record."""
+    k = tl.where(scope, key, -1.0)
+    m = tl.max(k, axis=0)
+    tie = scope & (k == m)
+    s = tl.min(tl.where(tie, sid, _I64_MAX), axis=0)
+    tie = tie & (sid == s)
+    p = tl.min(tl.where(tie, pos, _I64_MAX), axis=0)
+    tie = tie & (pos == p)
+    r = tl.min(tl.where(tie, rows, _I32_MAX), axis=0).to(tl.int64)
+    sel = rows == r
+    take = (m >= 0) & _better(m, s, p, r, bk, bs, bp, br)
+    bk = tl.where(take, m, bk)
+    bs = tl.where(take, s, bs)
+    bp = tl.where(take, p, bp)
+    br = tl.where(take, r, br)
+    bmax = tl.where(take, tl.max(tl.where(sel, tmax, -1.0), axis=0), bmax)
+    bmed = tl.where(take, tl.max(tl.where(sel, tmed, -1.0), axis=0), bmed)
+    barg = tl.where(take, tl.max(tl.where(sel, arg, -1), axis=0), barg)
+    return bk, bs, bp, br, bmax, bmed, barg
+
+
+@triton.jit
+def _tokens_kernel(
+    # pointers
+    x_ptr, mask_ptr, sid_ptr, pos_ptr, row_absmax_ptr, umax_ptr, params_ptr,
+    tok_counts_ptr, ratio_sums_ptr, part_f_ptr, part_i_ptr,
+    # strides
+    stride_row,
+    # sizes
+    n_rows, n_cols,
+    # meta-parameters
+    HAS_MASK: tl.constexpr, HAS_SIDS: tl.constexpr, HAS_POS: tl.constexpr, CANDIDATES: tl.constexpr,
+    ONE_BLOCK: tl.constexpr, SHIFT: tl.constexpr, NBITS: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Per token max / lower median |x| and the criterion (see the module docstring)."""
+    pid = tl.program_id(0)
+    n_prog = tl.num_programs(0)
+    t_val = tl.load(params_ptr)
+    t_ratio = tl.load(params_ptr + 1)
+    inf_key = 0x7F800000 >> SHIFT
+    sentinel = 0x7FFFFFFF >> SHIFT
+    cols0 = tl.arange(0, BLOCK_C)
+
+    n_tok = tl.zeros([BLOCK_R], dtype=tl.int32)
+    n_pass = tl.zeros([BLOCK_R], dtype=tl.int32)
+    r_sum = tl.zeros([BLOCK_R], dtype=tl.float64)
+    r_sq = tl.zeros([BLOCK_R], dtype=tl.float64)
+    # running records: 0 = max ratio, 1 = peak
+    k0 = tl.max(tl.full([BLOCK_R], -1.0, dtype=tl.float64), axis=0)
+    s0 = tl.max(tl.full([BLOCK_R], _I64_MAX, dtype=tl.int64), axis=0)
+    p0 = s0
+    r0 = s0
+    x0 = tl.max(tl.full([BLOCK_R], -1.0, dtype=tl.float32), axis=0)
+    m0 = x0
+    a0 = tl.max(tl.full([BLOCK_R], -1, dtype=tl.int32), axis=0)
+    k1, s1, p1, r1, x1, m1, a1 = k0, s0, p0, r0, x0, m0, a0
+    if CANDIDATES:
+        umax = tl.load(umax_ptr)
+
+    for rb in range(pid, tl.cdiv(n_rows, BLOCK_R), n_prog):
+        rows = rb * BLOCK_R + tl.arange(0, BLOCK_R)
+        row_in = rows < n_rows
+        if HAS_MASK:
+            row_ok = row_in & (tl.load(mask_ptr + rows, mask=row_in, other=0) != 0)
+        else:
+            row_ok = row_in
+        if CANDIDATES:
+            ramax = tl.load(row_absmax_ptr + rows, mask=row_in, other=-1.0)
+            has_value = row_ok & (ramax >= 0)
+            n_tok += has_value.to(tl.int32)
+            work = has_value & ((ramax.to(tl.float64) > t_val) | (ramax == umax))
+        else:
+            work = row_ok
+        if tl.max(work.to(tl.int32), axis=0) > 0:  # skip tiles without work (candidates mode)
+            row_off = rows.to(tl.int64)[:, None] * stride_row
+            if ONE_BLOCK:
+                inb = work[:, None] & (cols0 < n_cols)[None, :]
+                keys = _row_keys(x_ptr, row_off + cols0[None, :], inb, SHIFT)
+                real = keys != sentinel
+                n = tl.sum(real.to(tl.int32), axis=1)
+                kmax = tl.max(tl.where(real, keys, -1), axis=1)
+                arg = tl.min(tl.where(real & (keys == kmax[:, None]), cols0[None, :], _I32_MAX), axis=1)
+            else:
+                n = tl.zeros([BLOCK_R], dtype=tl.int32)
+                kmax = tl.full([BLOCK_R], -1, dtype=tl.int32)
+                arg = tl.full([BLOCK_R], _I32_MAX, dtype=tl.int32)
+                for c0 in range(0, n_cols, BLOCK_C):
+                    cols = c0 + cols0
+                    inb = work[:, None] & (cols < n_cols)[None, :]
+                    keys = _row_keys(x_ptr, row_off + cols[None, :], inb, SHIFT)
+                    real = keys != sentinel
+                    n += tl.sum(real.to(tl.int32), axis=1)
+                    bmax = tl.max(tl.where(real, keys, -1), axis=1)
+                    barg = tl.min(tl.where(real & (keys == bmax[:, None]), cols[None, :], _I32_MAX), axis=1)
+                    arg = tl.where(bmax > kmax, barg, arg)  # strict: the first block keeps a tie
+                    kmax = tl.maximum(kmax, bmax)
+            kth = tl.where(n > 0, (n - 1) // 2, 0)
+            # bisection from the top bit: the smallest key with more than kth keys <= it
+            prefix = tl.zeros([BLOCK_R], dtype=tl.int32)
+            for i in tl.static_range(NBITS):
+                bit = NBITS - 1 - i
+                trial = prefix | ((1 << bit) - 1)
+                if ONE_BLOCK:
+                    cnt = tl.sum((keys <= trial[:, None]).to(tl.int32), axis=1)
+                else:
+                    cnt = tl.zeros([BLOCK_R], dtype=tl.int32)
+                    for c0 in range(0, n_cols, BLOCK_C):
+                        cols = c0 + cols0
+                        inb = work[:, None] & (cols < n_cols)[None, :]
+                        keys = _row_keys(x_ptr, row_off + cols[None, :], inb, SHIFT)
+                        cnt += tl.sum((keys <= trial[:, None]).to(tl.int32), axis=1)
+                prefix = tl.where(cnt > kth, prefix, prefix | (1 << bit))
+
+            valid = work & (n > 0)
+            tmax = (tl.maximum(kmax, 0) << SHIFT).to(tl.float32, bitcast=True)
+            tmed = (prefix << SHIFT).to(tl.float32, bitcast=True)
+            tmax64 = tmax.to(tl.float64)
+            tmed64 = tmed.to(tl.float64)
+            both_inf = (kmax == inf_key) & (prefix == inf_key)  # inf / inf: ratio 1 by definition
+            ratio = tl.where(both_inf, 1.0, tmax64) / tl.where(both_inf, 1.0, tl.maximum(tmed64, _TINY))
+            passed = valid & (tmax64 > t_val) & (tmax64 > t_ratio * tmed64)
+            n_pass += passed.to(tl.int32)
+            if not CANDIDATES:
+                n_tok += valid.to(tl.int32)
+                r_sum += tl.where(valid, ratio, 0.0)
+                r_sq += tl.where(valid, ratio * ratio, 0.0)
+            if HAS_SIDS:
+                sid = tl.load(sid_ptr + rows, mask=row_in, other=-1)
+            else:
+                sid = tl.full([BLOCK_R], -1, dtype=tl.int64)
+            if HAS_POS:
+                pos = tl.load(pos_ptr + rows, mask=row_in, other=0)
+            else:
+                pos = rows.to(tl.int64)
+            if CANDIDATES:
+                ratio_scope = valid & (tmax64 > t_val)  # not the peak rows: keeps merges exact
+            else:
+                ratio_scope = valid
+            k0, s0, p0, r0, x0, m0, a0 = _tile_best(ratio, ratio_scope, sid, pos, rows, tmax, tmed, arg,
+                                                    k0, s0, p0, r0, x0, m0, a0)
+            k1, s1, p1, r1, x1, m1, a1 = _tile_best(tmax64, valid, sid, pos, rows, tmax, tmed, arg,
+                                                    k1, s1, p1, r1, x1, m1, a1)
+
+    tl.atomic_add(tok_counts_ptr + 0, tl.sum(n_tok, axis=0).to(tl.int64))
+    tl.atomic_add(tok_counts_ptr + 1, tl.sum(n_pass, axis=0).to(tl.int64))
+    if not CANDIDATES:
+        tl.atomic_add(ratio_sums_ptr + 0, tl.sum(r_sum, axis=0))
+        tl.atomic_add(ratio_sums_ptr + 1, tl.sum(r_sq, axis=0))
+    pf = part_f_ptr + pid * 6
+    tl.store(pf + 0, k0)
+    tl.store(pf + 1, x0.to(tl.float64))
+    tl.store(pf + 2, m0.to(tl.float64))
+    tl.store(pf + 3, k1)
+    tl.store(pf + 4, x1.to(tl.float64))
+    tl.store(pf + 5, m1.to(tl.float64))
+    pi = part_i_ptr + pid * 8
+    tl.store(pi + 0, s0)
+    tl.store(pi + 1, p0)
+    tl.store(pi + 2, a0.to(tl.int64))
+    tl.store(pi + 3, r0)
+    tl.store(pi + 4, s1)
+    tl.store(pi + 5, p1)
+    tl.store(pi + 6, a1.to(tl.int64))
+    tl.store(pi + 7, r1)
+
+
+@triton.jit
+def _token_records_kernel(part_f_ptr, part_i_ptr, rec_f_ptr, rec_i_ptr, n_parts, BLOCK_P: tl.constexpr):
+    """One program: fold the per-program partial records into the state's two records (ties keep the
+    state's record, which came from an earlier update)."""
+    p = tl.arange(0, BLOCK_P)
+    pin = p < n_parts
+    for rec in tl.static_range(2):
+        key = tl.load(part_f_ptr + p * 6 + rec * 3, mask=pin, other=-1.0)
+        sid = tl.load(part_i_ptr + p * 8 + rec * 4 + 0, mask=pin, other=_I64_MAX)
+        pos = tl.load(part_i_ptr + p * 8 + rec * 4 + 1, mask=pin, other=_I64_MAX)
+        row = tl.load(part_i_ptr + p * 8 + rec * 4 + 3, mask=pin, other=_I64_MAX)
+        m = tl.max(key, axis=0)
+        tie = pin & (key == m)
+        s = tl.min(tl.where(tie, sid, _I64_MAX), axis=0)
+        tie = tie & (sid == s)
+        q = tl.min(tl.where(tie, pos, _I64_MAX), axis=0)
+        tie = tie & (pos == q)
+        r = tl.min(tl.where(tie, row, _I64_MAX), axis=0)
+        sel = tie & (row == r)
+        w = tl.min(tl.where(sel, p, BLOCK_P), axis=0)  # the winning partial
+        old_k = tl.load(rec_f_ptr + rec * 3)
+        old_s = tl.load(rec_i_ptr + rec * 3 + 0)
+        old_p = tl.load(rec_i_ptr + rec * 3 + 1)
+        take = (m >= 0) & ((m > old_k) | ((m == old_k) & ((s < old_s) | ((s == old_s) & (q < old_p)))))
+        wf = part_f_ptr + w * 6 + rec * 3
+        wi = part_i_ptr + w * 8 + rec * 4
+        for j in tl.static_range(3):
+            tl.store(rec_f_ptr + rec * 3 + j, tl.load(wf + j), mask=take)
+            tl.store(rec_i_ptr + rec * 3 + j, tl.load(wi + j), mask=take)
+
+
+@functools.lru_cache(maxsize=None)
+def _num_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _tokens_config(n_rows: int, n_cols: int, device: torch.device) -> dict:
+    if device.type != "cuda":
+        block_c = min(triton.next_power_of_2(n_cols), CPU_BLOCK_C)
+        block_r, programs, warps = CPU_BLOCK_R, CPU_PROGRAMS, 1
+    else:
+        block_c = max(16, min(triton.next_power_of_2(n_cols), GPU_MAX_ROW_BLOCK))
+        block_r = max(1, min(2048 // block_c, 16))
+        warps = 4 if block_c <= 2048 else (8 if block_c <= 8192 else 16)
+        programs = _num_sms(device.index) * max(1, 32 // warps)
+    programs = max(1, min(programs, triton.cdiv(n_rows, block_r)))
+    return {"block_r": block_r, "block_c": block_c, "programs": programs, "num_warps": warps}
+
+
+def tokens_update(
+    x2d: torch.Tensor,
+    row_mask: torch.Tensor | None,
+    sample_ids: torch.Tensor | None,
+    positions: torch.Tensor | None,
+    state,
+    row_absmax: torch.Tensor | None,
+) -> None:
+    """Launch the token kernel and the record epilogue. ``row_absmax`` (float32[R], -1 for invalid
+    rows) is required in candidates mode, where it selects the rows to read."""
+    n_rows, n_cols = x2d.shape
+    cfg = state.config
+    candidates = cfg.token_median == "candidates"
+    if candidates and row_absmax is None:
+        raise ValueError("token_median='candidates' needs the row maxima of the rows pass")
+    conf = _tokens_config(n_rows, n_cols, x2d.device)
+    shift, nbits = _KEY_BITS[x2d.dtype]
+    programs = conf["programs"]
+    part_f = state.scratch("tok_part_f", programs * PARTS_PER_PROGRAM_F, torch.float64)
+    part_i = state.scratch("tok_part_i", programs * PARTS_PER_PROGRAM_I, torch.int64)
+    dummy = state.tok_counts
+    umax = torch.amax(row_absmax) if candidates else dummy  # 0-d device tensor: no sync
+    _tokens_kernel[(programs,)](
+        x2d, row_mask if row_mask is not None else dummy,
+        sample_ids if sample_ids is not None else dummy,
+        positions if positions is not None else dummy,
+        row_absmax if candidates else dummy, umax, state.sun_params,
+        state.tok_counts, state.ratio_sums, part_f, part_i,
+        x2d.stride(0),
+        n_rows, n_cols,
+        HAS_MASK=row_mask is not None, HAS_SIDS=sample_ids is not None, HAS_POS=positions is not None,
+        CANDIDATES=candidates, ONE_BLOCK=conf["block_c"] >= n_cols, SHIFT=shift, NBITS=nbits,
+        BLOCK_R=conf["block_r"], BLOCK_C=conf["block_c"],
+        num_warps=conf["num_warps"],
+    )
+    _token_records_kernel[(1,)](
+        part_f, part_i, state.tok_rec_f, state.tok_rec_i, programs,
+        BLOCK_P=max(16, triton.next_power_of_2(programs)),
+        num_warps=1 if x2d.device.type != "cuda" else 4,
+    )
