@@ -36,7 +36,7 @@ def layerwise_peaks(ckpt: Checkpoint, component: str = "hidden") -> Trajectory:
     """Per-layer peak |x| of ``component`` (empty arrays when the checkpoint has none)."""
     by_layer: dict[int, tuple[float, str]] = {}
     for site in ckpt.sites_of(component):
-        if site.layer is None:
+        if site.layer is None or np.isnan(site.abs_max):  # NaN: a site that never fired
             continue
         prev = by_layer.get(site.layer)
         # Several sites of one component in a layer (e.g. two router outputs): keep the largest.

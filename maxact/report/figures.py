@@ -45,7 +45,8 @@ def m_per_checkpoint(data: ReportData) -> Figure:
     fig = Figure(figsize=(max(6.0, 0.42 * n + 2.0), 4.6))
     ax = fig.add_subplot()
     x = np.arange(n)
-    ms = np.array([a.carrier.M for a in data.checkpoints])
+    ms = np.array([a.carrier.M for a in data.checkpoints], dtype=np.float64)
+    ms[~np.isfinite(ms)] = np.nan  # an inf M (overflow in the model) cannot be drawn on a log axis
     ax.bar(x, ms, color=[colors[a.family] for a in data.checkpoints], edgecolor="none")
     fails = [i for i, a in enumerate(data.checkpoints) if a.sun.passed is False]
     ax.scatter(x[fails], ms[fails] * 1.6, marker="x", color="black", s=30, zorder=3)

@@ -180,9 +180,9 @@ def _num(v):
 
 def _quant_rows(rows: Sequence[A.QuantRow]) -> list[dict]:
     return [
-        {"format": r.fmt, "policy": r.policy, "clip": _num(r.clip), "scale": _num(r.scale),
-         "sqnr_db": _num(r.sqnr_db), "saturated_fraction": _num(r.saturated_fraction),
-         "underflow_fraction": _num(r.underflow_fraction)}
+        {"format": r.fmt, "policy": r.policy, "clip": r.clip, "scale": r.scale,
+         "sqnr_db": r.sqnr_db, "saturated_fraction": r.saturated_fraction,
+         "underflow_fraction": r.underflow_fraction}
         for r in rows
     ]
 
@@ -191,8 +191,8 @@ def checkpoint_summary(a: CheckpointAnalysis) -> dict:
     """The JSON record of one checkpoint."""
     c, ck = a.carrier, a.ckpt
     out = {
-        "M": _num(c.M),
-        "M_signed": _num(c.signed_value),
+        "M": c.M,
+        "M_signed": c.signed_value,
         "carrier_site": c.site,
         "carrier_component": c.component,
         "carrier_layer": c.layer,
@@ -205,12 +205,12 @@ def checkpoint_summary(a: CheckpointAnalysis) -> dict:
         "num_layers": ck.depth_layers(),
         "sun": {
             "t_val": a.sun.t_val, "t_ratio": a.sun.t_ratio, "n_pass": a.sun.n_pass, "site": a.sun.site,
-            "peak_abs": _num(a.sun.peak_abs), "peak_median": _num(a.sun.peak_median),
-            "peak_ratio": _num(a.sun.peak_ratio), "max_ratio": _num(a.sun.max_ratio),
+            "peak_abs": a.sun.peak_abs, "peak_median": a.sun.peak_median,
+            "peak_ratio": a.sun.peak_ratio, "max_ratio": a.sun.max_ratio,
         },
-        "half_max_depth": _num(a.half_max_depth),
-        "peak_depth": _num(a.peak_depth),
-        "component_peaks": {k: {"abs_max": _num(v), "site": s} for k, (v, s) in a.component_peaks.items()},
+        "half_max_depth": a.half_max_depth,
+        "peak_depth": a.peak_depth,
+        "component_peaks": {k: {"abs_max": v, "site": s} for k, (v, s) in a.component_peaks.items()},
         "range_flags": {
             "fp16_overflow": a.ranges.fp16_overflow,
             "fp8_e4m3_unscaled_overflow": a.ranges.e4m3_unscaled_overflow,
@@ -222,34 +222,46 @@ def checkpoint_summary(a: CheckpointAnalysis) -> dict:
         "has_sample_peaks": a.sample_peaks is not None,
     }
     if ck.stored_global_max is not None and ck.stored_global_max != c.M:
-        out["stored_global_max"] = _num(ck.stored_global_max)
+        out["stored_global_max"] = ck.stored_global_max
     if a.quant:
         out["quantization"] = {"carrier_site": c.site, "carrier": _quant_rows(a.carrier_quant),
                                "sites": {s: _quant_rows(rows) for s, rows in a.quant.items()}}
     if a.stability:
         out["stability"] = [
-            {"size": r.size, "repeats": r.repeats, "maxima": [_num(m) for m in r.maxima], "mean": _num(r.mean),
-             "std": _num(r.std), "cv": _num(r.cv), "min": _num(r.min), "max": _num(r.max), "full_M": _num(r.full_M)}
+            {"size": r.size, "repeats": r.repeats, "maxima": [m for m in r.maxima], "mean": r.mean,
+             "std": r.std, "cv": r.cv, "min": r.min, "max": r.max, "full_M": r.full_M}
             for r in a.stability
         ]
     if a.bootstrap is not None:
         b = a.bootstrap
-        out["bootstrap_ci"] = {"level": b.level, "lower": _num(b.lower), "upper": _num(b.upper),
-                               "M": _num(b.M), "n_samples": b.n_samples}
+        out["bootstrap_ci"] = {"level": b.level, "lower": b.lower, "upper": b.upper,
+                               "M": b.M, "n_samples": b.n_samples}
     if a.top_tokens:
-        out["top_tokens"] = [{k: _num(v) if isinstance(v, (float, int, np.number)) else v for k, v in t.items()}
-                             for t in a.top_tokens]
+        out["top_tokens"] = a.top_tokens
     if a.top_channels:
         out["top_channels"] = a.top_channels
     return out
 
 
+def jsonable(obj):
+    """Strict-JSON copy: numpy types to python, NaN to null, +-inf to "inf"/"-inf" strings."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, (bool, np.bool_, int, float, np.integer, np.floating)):
+        return _num(obj)
+    return obj
+
+
 def summary_dict(data: ReportData) -> dict:
-    """The content of ``summary.json``."""
-    return {
+    """The content of ``summary.json`` (strict JSON: no NaN or inf literals)."""
+    return jsonable({
         "schema": SUMMARY_SCHEMA,
         "sun_thresholds": {"t_val": data.t_val, "t_ratio": data.t_ratio},
         "checkpoints": {a.name: checkpoint_summary(a) for a in data.checkpoints},
         "carrier_counts": data.carrier_counts,
-        "pairs": [{k: _num(v) if k in ("ratio", "M_a", "M_b") else v for k, v in p.items()} for p in data.pairs],
-    }
+        "pairs": data.pairs,
+    })

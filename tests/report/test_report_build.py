@@ -101,3 +101,38 @@ def test_duplicate_names_are_kept_apart(tmp_path, fab_scan):
     summary = build_report([fab_scan.path, other.path], tmp_path / "out")
     assert set(summary["checkpoints"]) == {"tiny-fab", "tiny-fab (2)"}
     assert np.isfinite(summary["checkpoints"]["tiny-fab (2)"]["M"])
+
+
+def test_silent_site_and_inf_values(tmp_path):
+    """A site that never fired (NaN statistics, no arrays) and an inf activation do not break anything."""
+    from fabricate import fabricate_scan
+    from safetensors.numpy import load_file, save_file
+
+    from maxact.card import build_card, render
+    from maxact.report import build_report
+
+    f = fabricate_scan(tmp_path / "odd")
+    doc = json.loads(f.path.read_text())
+    nan = float("nan")
+    doc["sites"]["layers.9.attn"] = {"component": "attn", "layer": 9, "module": "m", "num_channels": 16, "calls": 0,
+                                     "count": 0, "mean": nan, "std": nan, "rms": nan, "abs_mean": nan, "min": nan,
+                                     "max": nan, "abs_max": nan, "quantiles": {}, "sun": None, "topk": []}
+    site = doc["sites"]["layers.2.attn"]
+    site.update(max=float("inf"), abs_max=float("inf"), posinf_count=1)
+    f.path.write_text(json.dumps(doc))  # Python's json writes NaN / Infinity, as the scanner does
+    side = f.path.with_name("stats.safetensors")
+    tensors = load_file(str(side))
+    tensors["layers.2.attn/abs_hist"][0x7F80] += 1
+    save_file(tensors, str(side))
+
+    ckpt = load_result(f.path)
+    carrier = A.global_max(ckpt)
+    assert carrier.M == float("inf") and carrier.site == "layers.2.attn"
+    summary = build_report([f.path], tmp_path / "out")
+    rec = summary["checkpoints"]["tiny-fab"]
+    assert rec["M"] == "inf"
+    json.loads((tmp_path / "out" / "summary.json").read_text())  # strict JSON
+    quant = {r["format"] + r["policy"]: r for r in rec["quantization"]["sites"]["layers.2.attn"]}
+    assert quant["int8max"]["clip"] == "inf"
+    assert np.isfinite(quant["int8mse"]["sqnr_db"])  # the MSE clip ignores the inf bin
+    assert "## Activation range" in render(build_card(ckpt))
