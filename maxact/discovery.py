@@ -24,8 +24,8 @@ No class list is consulted. The rules, applied to whatever model is given (a bas
   site: routed experts compute their gate inside the experts module and never expose it.
 - final norm: the norm-like child of the layer list's parent registered after the layer list.
 
-``mode="linear-inputs"`` adds the input of every ``nn.Linear`` of the text backbone (``{module}.input``). Fused experts hold
-3-D parameters instead of ``nn.Linear`` modules; for each one this mode adds a site for the input of
+``mode="linear-inputs"`` adds the input of every ``nn.Linear`` of the text backbone (``{module}.input``).
+Fused experts hold 3-D parameters instead of ``nn.Linear`` modules; for each one this mode adds a site for the input of
 its gate/up projection (``{experts}.{param}.input``: every routed token, locations exact) and, with
 ``per_expert=True``, one site per expert (``{experts}.{e}.{param}.input``) that sees the same tensor with
 rows not routed to that expert masked out (exact, located; costs one read of the block input per
@@ -460,7 +460,10 @@ def _probe_channels(model: nn.Module, paths: list[str]) -> dict[str, int]:
                 seen[path] = int(tensor.shape[-1])
         return hook
 
-    embedding = model.get_input_embeddings()
+    embedding_path = _embedding_path(model, _module_paths(model))
+    if embedding_path is None:
+        raise SiteDiscoveryError(f"cannot probe {type(model).__name__}: no token embedding to feed token ids to")
+    embedding = model.get_submodule(embedding_path)
     vocab = int(getattr(embedding, "num_embeddings", 0) or embedding.weight.shape[0])
     input_ids = (torch.arange(4, device=embedding.weight.device) % vocab)[None]
     handles = [model.get_submodule(p).register_forward_hook(recorder(p)) for p in paths]

@@ -169,7 +169,8 @@ def test_bailing_moe_remote_code_imitation(tmp_path):
     assert (mapped.embedding, mapped.layers_path, mapped.final_norm) == ("word_embeddings", "layers", "norm")
     assert [layer.attn for layer in mapped.layers] == ["layers.0.attention", "layers.1.attention"]
     assert [layer.router for layer in mapped.layers] == [None, "layers.1.mlp.gate"]
-    assert [layer.gate for layer in mapped.layers] == ["layers.0.mlp.gate_proj", "layers.1.mlp.shared_experts.gate_proj"]
+    assert [layer.gate for layer in mapped.layers] == [
+        "layers.0.mlp.gate_proj", "layers.1.mlp.shared_experts.gate_proj"]
     assert (mapped.layers[1].experts, mapped.layers[1].experts_fused, mapped.layers[1].num_experts) == (
         "layers.1.mlp.experts", False, 4)
     # the *ForCausalLM wrapper maps onto the same modules under "model."
@@ -177,7 +178,8 @@ def test_bailing_moe_remote_code_imitation(tmp_path):
     assert [s.module_name for s in find_sites(full)] == [f"model.{s.module_name}" for s in find_sites(base)]
     # nn.ModuleList experts: one linear-input site per expert Linear
     names = {s.name for s in find_sites(base, "linear-inputs")}
-    assert {f"layers.1.mlp.experts.{e}.{p}.input" for e in range(4) for p in ("gate_proj", "up_proj", "down_proj")} <= names
+    projections = ("gate_proj", "up_proj", "down_proj")
+    assert {f"layers.1.mlp.experts.{e}.{p}.input" for e in range(4) for p in projections} <= names
 
 
 def test_trailing_layers_beyond_num_hidden_layers_are_ignored():

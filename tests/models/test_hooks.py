@@ -264,7 +264,8 @@ def test_real_activation_stats_match_independent_captures():
         top = summary["topk"]
         assert top["abs"][0] == np.float32(expected)
         row = int(torch.nonzero(rows.max(-1).values == float(rows.max()))[0])
-        assert (top["sample"][0], top["position"][0]) == (int(sample_of_row[row]), int(batch.row_positions()[mask][row]))
+        location = (int(sample_of_row[row]), int(batch.row_positions()[mask][row]))
+        assert (top["sample"][0], top["position"][0]) == location
         checked += 1
     assert checked == len(sites)
 
@@ -318,14 +319,29 @@ def test_batch_context_validates_and_copies_per_device():
         ctx.on(torch.device("cpu"))
 
 
+class _NullState:
+    """update() that keeps a reference and does no device work: isolates the hook layer's own ops."""
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+        self.last = None
+
+    def update(self, x, mask=None, sample_ids=None, positions=None):
+        self.last = (x, mask, sample_ids, positions)
+
+
 @pytest.mark.gpu
-def test_hooks_do_not_synchronise_the_host():
+@pytest.mark.parametrize("states_kind", ["null", "activation_stats"])
+def test_hooks_do_not_synchronise_the_host(states_kind):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
-    pytest.importorskip("maxact_kernels")
     model = load_model("random:tiny-qwen3-moe", dtype="bfloat16", device="cuda").model
     sites = find_sites(model, "all")
-    states = make_states(sites, model=model, topk=4, num_samples=2)
+    if states_kind == "null":
+        states = {s.name: _NullState(torch.device("cuda", torch.cuda.current_device())) for s in sites}
+    else:
+        pytest.importorskip("maxact_kernels")
+        states = make_states(sites, model=model, topk=4, num_samples=2)
     batch = padded_batch([6, 3], vocab=200)
     ctx = BatchContext()
     ctx.set_batch(batch, "cuda")
@@ -335,10 +351,11 @@ def test_hooks_do_not_synchronise_the_host():
     for h in h1 + h2:
         h.remove()
     with attach(model, sites, states, ctx) as handle:
+        ctx.on(torch.device("cuda", torch.cuda.current_device()))
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
-            # call the registered hooks directly on the captured tensors: only hook work is timed for syncs
+            # call the registered hooks on the captured tensors: only hook (and update) work runs
             for module_name in {s.module_name for s in sites}:
                 module = model.get_submodule(module_name)
                 for hook in module._forward_hooks.values():
