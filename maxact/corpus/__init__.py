@@ -10,9 +10,9 @@ default, never a second BOS): `maxact.corpus.tokenize`. The paper's recipe (`pyt
 build`): `maxact.corpus.recipe`. Synthetic ids: `maxact.corpus.synthetic`.
 
 The shipped corpus (`maxact/corpus/data/builtin.jsonl`, see data/README.md) was written for this
-project: 49 short documents in 7 categories (math/science, code, English web, knowledge, Chinese,
-other languages, mixed), 12-13k tokens with the Gemma 3 tokenizer, in an interleaved category order
-so that any `max_samples` prefix is a mix.
+project: 49 short documents, 7 in each of the recipe's categories (math/science, code, English web,
+knowledge, Chinese, other languages, mixed), 17,588 tokens with the Gemma 3 tokenizer (BOS included),
+in an interleaved category order so that any `max_samples` prefix is a mix.
 """
 
 from .loader import DEFAULT_CORPUS, load_corpus
@@ -20,7 +20,7 @@ from .readers import builtin_path, open_source
 from .recipe import RECIPE_QUOTAS, TARGET_LENGTHS, TARGET_WEIGHTS, build_recipe
 from .synthetic import synthetic_corpus
 from .tokenize import cache_root, tokenizer_identity
-from .types import CorpusError, Sample, TokenizedCorpus
+from .base import CorpusError, Sample, TokenizedCorpus
 
 __all__ = [
     "CorpusError", "Sample", "TokenizedCorpus", "load_corpus", "synthetic_corpus", "build_recipe",

@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _category_map(arg: str | None) -> dict | None:
-    from .types import CorpusError
+    from .base import CorpusError
 
     if arg is None:
         return None
@@ -116,7 +116,7 @@ def _info(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
-    from .types import CorpusError
+    from .base import CorpusError
 
     try:
         {"build": _build, "synthetic": _synthetic, "info": _info}[args.command](args)

@@ -9,7 +9,7 @@ from typing import Any
 from .readers import open_source
 from .synthetic import SYNTHETIC_PREFIX, parse_synthetic_spec, synthetic_corpus, synthetic_lengths
 from .tokenize import TokenCache, check_vocab, tokenize_records, tokenizer_identity
-from .types import CorpusError, Sample, TokenizedCorpus, corpus_hash
+from .base import CorpusError, Sample, TokenizedCorpus, corpus_hash
 
 logger = logging.getLogger(__name__)
 

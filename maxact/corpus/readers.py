@@ -29,7 +29,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .types import CorpusError
+from .base import CorpusError
 
 logger = logging.getLogger(__name__)
 

@@ -27,12 +27,12 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 
 from .readers import BadRecords, open_source
-from .types import CorpusError
+from .base import CorpusError
 
 logger = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ def build_recipe(source: str, *, seed: int = 0, total: int = RECIPE_TOTAL,
                         unmapped=unmapped, num_empty=num_empty, num_bad=num_bad)
 
 
-def write_jsonl(records: list[dict], out: str | os.PathLike) -> Path:
+def write_jsonl(records: Iterable[dict], out: str | os.PathLike) -> Path:
     """Write records as JSONL (UTF-8, one object a line) atomically."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

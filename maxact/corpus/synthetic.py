@@ -14,7 +14,7 @@ import hashlib
 import numpy as np
 
 from .recipe import RECIPE_TOTAL, assign_lengths, interleave_categories
-from .types import CorpusError, Sample, TokenizedCorpus, corpus_hash
+from .base import CorpusError, Sample, TokenizedCorpus, corpus_hash
 
 SYNTHETIC_PREFIX = "synthetic"
 

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .readers import BadRecords, CorpusReader, Record
-from .types import CorpusError
+from .base import CorpusError
 
 logger = logging.getLogger(__name__)
 

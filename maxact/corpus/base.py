@@ -101,8 +101,7 @@ class TokenizedCorpus:
     def category_codes(self) -> np.ndarray:
         """np.int32[N]: index of each sample's category in `category_names`, -1 when unlabelled."""
         index = {name: i for i, name in enumerate(self.category_names)}
-        return np.array([index.get(s.category, -1) if s.category is not None else -1
-                         for s in self.samples], dtype=np.int32)
+        return np.array([index.get(s.category, -1) for s in self.samples], dtype=np.int32)
 
     def lengths(self) -> np.ndarray:
         """np.int64[N]: tokens per sample."""
