@@ -20,7 +20,12 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "triton", "reference")
 # Modules holding @triton.jit kernels; the check below looks at the first one loaded.
-_KERNEL_MODULES = ("maxact_kernels.triton_rows", "maxact_kernels.triton_tokens", "maxact_kernels.triton_topk")
+_KERNEL_MODULES = (
+    "maxact_kernels.triton_bits",
+    "maxact_kernels.triton_rows",
+    "maxact_kernels.triton_tokens",
+    "maxact_kernels.triton_topk",
+)
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:

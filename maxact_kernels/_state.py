@@ -12,12 +12,12 @@ attribute              dtype[shape]           meaning
 ``abs_hist``           int64[32768]           bin ``bits(|x|) >> 16`` (NaN excluded, inf -> 32640)
 ``channel_abs_max``    float32[C]             per channel max |x| (track_channels; init 0)
 ``sample_abs_max``     float32[N]             per sample max |x| (num_samples; init 0)
-``sample_oor``         int64[1]               rows whose sample id lies outside [0, N)
+``sample_oor``         int64[1]               rows with a non-NaN value and a sample id outside [0, N)
 ``tok_counts``         int64[2]               tokens with a non-NaN value, tokens passing Sun
 ``ratio_sums``         float64[2]             sum of ratio and ratio**2 (token_median="all")
 ``tok_rec_f``          float64[2, 3]          records [max-ratio, peak] x [key, abs max, median]
 ``tok_rec_i``          int64[2, 3]            records [max-ratio, peak] x [sample, position, channel]
-``topk_abs/value``     float32[cap]           pending top-k candidates (abs -1 = empty slot)
+``topk_abs/value``     float32[cap]           pending top-k candidates (abs -1 = empty slot; cap = 32 K)
 ``topk_index``         int64[cap, 3]          their sample, position, channel
 =====================  =====================  ===============================================
 
@@ -48,7 +48,7 @@ N_TOKENS, N_PASS = 0, 1
 INT64_MAX = torch.iinfo(torch.int64).max
 FLOAT32_TINY = float(torch.finfo(torch.float32).tiny)
 # Compact the top-k pending buffer after this many updates' candidates have been appended.
-TOPK_PENDING_UPDATES = 8
+TOPK_PENDING_UPDATES = 32
 
 TOKEN_MEDIAN_MODES = ("all", "candidates")
 
@@ -125,6 +125,8 @@ class StatsState:
             self.topk_value = torch.zeros(cap, dtype=torch.float32, device=dev)
             self.topk_index = torch.zeros(cap, 3, dtype=torch.int64, device=dev)
         self.topk_fill = 0  # host-side count of used pending slots: appending needs no sync
+        # backend's device compaction (the Triton kernel), or None for the torch sorts below
+        self.topk_compactor = None
         self._scratch: dict[str, torch.Tensor] = {}
         self.reset()
 
@@ -181,6 +183,9 @@ class StatsState:
 
     def topk_compact(self) -> None:
         """Sort the pending candidates by the total order and keep the first K (device ops only)."""
+        if self.topk_compactor is not None:
+            self.topk_compactor(self)
+            return
         k = self.config.topk
         abs_, value, index = topk_select(self.topk_abs[: self.topk_fill], self.topk_value[: self.topk_fill],
                                          self.topk_index[: self.topk_fill], k)

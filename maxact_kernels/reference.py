@@ -153,8 +153,9 @@ def _tokens(state, xf, ok, masked_abits, row_bits, sample_ids, positions) -> Non
     new_f, new_i = [], []
     for key, scope in ((ratio, ratio_scope), (tmax64, peak_scope)):  # REC_RATIO, REC_PEAK
         r, has = _best_row(key, sid, pos, scope)
-        new_f.append(torch.where(has, torch.stack([key[r], tmax64[r], tmed64[r]]), -1.0))
-        new_i.append(torch.where(has, torch.stack([sid[r], pos[r], argmax[r]]), INT64_MAX))
+        r = r.view(1)  # index_select, not t[r]: indexing by a 0-d tensor would sync on CUDA
+        new_f.append(torch.where(has, torch.cat([t.index_select(0, r) for t in (key, tmax64, tmed64)]), -1.0))
+        new_i.append(torch.where(has, torch.cat([t.index_select(0, r) for t in (sid, pos, argmax)]), INT64_MAX))
     assert (REC_RATIO, REC_PEAK) == (0, 1)
     merge_records(state.tok_rec_f, state.tok_rec_i, torch.stack(new_f), torch.stack(new_i))
 

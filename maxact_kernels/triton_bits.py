@@ -5,10 +5,21 @@ can flush subnormals. bfloat16 is widened by a 16-bit shift rather than a float 
 every target, including Triton's interpreter (whose bf16 -> fp32 conversion loses subnormals).
 """
 
+import os
+
 import triton
 import triton.language as tl
 
-INTERPRETED = bool(triton.knobs.runtime.interpret)
+
+def _interpreting() -> bool:
+    """Whether @triton.jit functions decorated now run in Triton's interpreter (TRITON_INTERPRET)."""
+    knobs = getattr(triton, "knobs", None)
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+INTERPRETED = _interpreting()
 
 
 @triton.jit
@@ -20,3 +31,28 @@ def load_f32_bits(ptrs, mask):
     else:
         bits = x.to(tl.float32).to(tl.int32, bitcast=True)
     return bits
+
+
+# The kernels avoid the @triton.jit functions of triton.language.standard (tl.sum, tl.max, tl.min,
+# tl.cdiv, tl.zeros): they are compiled, not interpreted, when triton was imported before
+# TRITON_INTERPRET was set (torch or transformers often import it first), and the interpreter cannot
+# call them. tl.reduce is patched by the interpreter, which recognises the standard combine functions
+# and reduces with numpy; tl.full replaces tl.zeros. Inputs here are int32 / float32 / float64 already.
+@triton.jit
+def reduce_sum(x, axis: tl.constexpr):
+    return tl.reduce(x, axis, tl.standard._sum_combine)
+
+
+@triton.jit
+def reduce_max(x, axis: tl.constexpr):
+    return tl.reduce(x, axis, tl.standard._elementwise_max)
+
+
+@triton.jit
+def reduce_min(x, axis: tl.constexpr):
+    return tl.reduce(x, axis, tl.standard._elementwise_min)
+
+
+@triton.jit
+def ceil_div(a, b):
+    return (a + b - 1) // b

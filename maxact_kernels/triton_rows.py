@@ -28,9 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_bits import load_f32_bits
+from .triton_bits import INTERPRETED, ceil_div, load_f32_bits, reduce_max, reduce_min, reduce_sum  # noqa: F401
 
-INTERPRETED = bool(triton.knobs.runtime.interpret)
 
 _ABS = tl.constexpr(0x7FFFFFFF)
 _INF_BITS = tl.constexpr(0x7F800000)
@@ -43,6 +42,7 @@ CPU_BLOCK_C = 64
 CPU_BLOCK_R = 4
 CPU_PROGRAMS = 3
 FLUSH = 16  # tiles per fp32 partial of the sums
+MIN_TILES = 8
 
 
 @triton.jit
@@ -65,25 +65,25 @@ def _rows_kernel(
     n_prog = tl.num_programs(0)
     cols = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     col_in = cols < n_cols
-    n_rblk = tl.cdiv(n_rows, BLOCK_R)
-    my_tiles = tl.cdiv(n_rblk - pid, n_prog)  # the launcher keeps pid < n_rblk
+    n_rblk = ceil_div(n_rows, BLOCK_R)
+    my_tiles = ceil_div(n_rblk - pid, n_prog)  # the launcher keeps pid < n_rblk
 
     # per-lane accumulators, reduced once at the end (sums: every FLUSH_TILES tiles)
-    n_ok = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.int32)
-    n_nan = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.int32)
-    n_pinf = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.int32)
-    n_ninf = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.int32)
+    n_ok = tl.full([BLOCK_R, BLOCK_C], 0, dtype=tl.int32)
+    n_nan = tl.full([BLOCK_R, BLOCK_C], 0, dtype=tl.int32)
+    n_pinf = tl.full([BLOCK_R, BLOCK_C], 0, dtype=tl.int32)
+    n_ninf = tl.full([BLOCK_R, BLOCK_C], 0, dtype=tl.int32)
     lo = tl.full([BLOCK_R, BLOCK_C], _I32_MAX, dtype=tl.int32)
     hi = tl.full([BLOCK_R, BLOCK_C], _I32_MIN, dtype=tl.int32)
-    ch = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.int32)
-    s64 = tl.zeros([1], dtype=tl.float64)
-    sq64 = tl.zeros([1], dtype=tl.float64)
-    ab64 = tl.zeros([1], dtype=tl.float64)
+    ch = tl.full([BLOCK_R, BLOCK_C], 0, dtype=tl.int32)
+    s64 = tl.full([1], 0, dtype=tl.float64)
+    sq64 = tl.full([1], 0, dtype=tl.float64)
+    ab64 = tl.full([1], 0, dtype=tl.float64)
 
     for t0 in range(0, my_tiles, FLUSH_TILES):
-        s = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
-        sq = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
-        sa = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
+        s = tl.full([BLOCK_R, BLOCK_C], 0, dtype=tl.float32)
+        sq = tl.full([BLOCK_R, BLOCK_C], 0, dtype=tl.float32)
+        sa = tl.full([BLOCK_R, BLOCK_C], 0, dtype=tl.float32)
         for t in range(t0, tl.minimum(t0 + FLUSH_TILES, my_tiles)):
             rows = (pid + t * n_prog) * BLOCK_R + tl.arange(0, BLOCK_R)
             row_in = rows < n_rows
@@ -116,33 +116,33 @@ def _rows_kernel(
             if DO_CHANNELS:
                 ch = tl.maximum(ch, tl.where(ok, ab, 0))
             if DO_ROWPACK:
-                amax = tl.max(tl.where(ok, ab, -1), axis=1)
-                first = tl.min(tl.where(ok & (ab == amax[:, None]), cols[None, :], _I32_MAX), axis=1)
+                amax = reduce_max(tl.where(ok, ab, -1), axis=1)
+                first = reduce_min(tl.where(ok & (ab == amax[:, None]), cols[None, :], _I32_MAX), axis=1)
                 pack = (amax.to(tl.int64) << 32) | (0xFFFFFFFF - first.to(tl.int64))
                 tl.atomic_max(rowpack_ptr + rows, pack, mask=row_ok & (amax >= 0))
         if DO_BASIC:
-            s64 += tl.sum(tl.sum(s, axis=1), axis=0).to(tl.float64)
-            sq64 += tl.sum(tl.sum(sq, axis=1), axis=0).to(tl.float64)
-            ab64 += tl.sum(tl.sum(sa, axis=1), axis=0).to(tl.float64)
+            s64 += reduce_sum(reduce_sum(s, axis=1), axis=0).to(tl.float64)
+            sq64 += reduce_sum(reduce_sum(sq, axis=1), axis=0).to(tl.float64)
+            ab64 += reduce_sum(reduce_sum(sa, axis=1), axis=0).to(tl.float64)
 
     if DO_BASIC:
-        cnt = tl.sum(tl.sum(n_ok, axis=1), axis=0)
+        cnt = reduce_sum(reduce_sum(n_ok, axis=1), axis=0)
         tl.atomic_add(counts_ptr + 0, cnt.to(tl.int64))
-        tl.atomic_add(counts_ptr + 1, tl.sum(tl.sum(n_nan, axis=1), axis=0).to(tl.int64))
-        tl.atomic_add(counts_ptr + 2, tl.sum(tl.sum(n_pinf, axis=1), axis=0).to(tl.int64))
-        tl.atomic_add(counts_ptr + 3, tl.sum(tl.sum(n_ninf, axis=1), axis=0).to(tl.int64))
+        tl.atomic_add(counts_ptr + 1, reduce_sum(reduce_sum(n_nan, axis=1), axis=0).to(tl.int64))
+        tl.atomic_add(counts_ptr + 2, reduce_sum(reduce_sum(n_pinf, axis=1), axis=0).to(tl.int64))
+        tl.atomic_add(counts_ptr + 3, reduce_sum(reduce_sum(n_ninf, axis=1), axis=0).to(tl.int64))
         one = tl.arange(0, 1)
         tl.atomic_add(sums_ptr + 0 + one, s64)
         tl.atomic_add(sums_ptr + 1 + one, sq64)
         tl.atomic_add(sums_ptr + 2 + one, ab64)
-        lo_o = tl.min(tl.min(lo, axis=1), axis=0)
-        hi_o = tl.max(tl.max(hi, axis=1), axis=0)
+        lo_o = reduce_min(reduce_min(lo, axis=1), axis=0)
+        hi_o = reduce_max(reduce_max(hi, axis=1), axis=0)
         lo_f = tl.where(lo_o < 0, lo_o ^ _ABS, lo_o).to(tl.float32, bitcast=True)
         hi_f = tl.where(hi_o < 0, hi_o ^ _ABS, hi_o).to(tl.float32, bitcast=True)
         tl.atomic_min(minmax_ptr + 0, lo_f, mask=cnt > 0)
         tl.atomic_max(minmax_ptr + 1, hi_f, mask=cnt > 0)
     if DO_CHANNELS:
-        cmax = tl.max(ch, axis=0)
+        cmax = reduce_max(ch, axis=0)
         tl.atomic_max(chan_ptr + cols, cmax, mask=col_in & (cmax > 0))
 
 
@@ -161,8 +161,8 @@ def _finalize_rows_kernel(
     non-NaN value whose sample id is outside [0, n_samples). Resets the packed buffer to -1."""
     pid = tl.program_id(0)
     n_prog = tl.num_programs(0)
-    oor = tl.zeros([BLOCK], dtype=tl.int32)
-    for blk in range(pid, tl.cdiv(n_rows, BLOCK), n_prog):
+    oor = tl.full([BLOCK], 0, dtype=tl.int32)
+    for blk in range(pid, ceil_div(n_rows, BLOCK), n_prog):
         rows = blk * BLOCK + tl.arange(0, BLOCK)
         row_in = rows < n_rows
         pack = tl.load(rowpack_ptr + rows, mask=row_in, other=-1)
@@ -184,16 +184,16 @@ def _finalize_rows_kernel(
             do = has & in_range
             # Rows come in sample order: the rows of the block's smallest sample id share one atomic,
             # the others (usually none) take one each.
-            s_lo = tl.min(tl.where(do, sid, 9223372036854775807), axis=0)
+            s_lo = reduce_min(tl.where(do, sid, 9223372036854775807), axis=0)
             group = do & (sid == s_lo)
-            group_max = tl.max(tl.where(group, amax, -1), axis=0)
-            first_row = tl.min(tl.where(group, rows, _I32_MAX), axis=0)
+            group_max = reduce_max(tl.where(group, amax, -1), axis=0)
+            first_row = reduce_min(tl.where(group, rows, _I32_MAX), axis=0)
             val = tl.where(group, group_max, amax)
             act = do & ((sid != s_lo) | (rows == first_row))
             tl.atomic_max(smax_ptr + sid, val, mask=act)
         tl.store(rowpack_ptr + rows, tl.full([BLOCK], -1, dtype=tl.int64), mask=row_in)
     if DO_SAMPLES:
-        tl.atomic_add(oor_ptr, tl.sum(oor, axis=0).to(tl.int64))
+        tl.atomic_add(oor_ptr, reduce_sum(oor, axis=0).to(tl.int64))
 
 
 @functools.lru_cache(maxsize=None)
@@ -214,7 +214,10 @@ def _rows_config(n_rows: int, n_cols: int, itemsize: int, device: torch.device) 
         target, warps = _num_sms(device.index) * 4, 8
     n_cblk = triton.cdiv(n_cols, block_c)
     n_rblk = triton.cdiv(n_rows, block_r)
-    programs = max(1, min(n_rblk, triton.cdiv(target, n_cblk)))
+    # at least MIN_TILES row blocks per program on the GPU: each program ends with one atomic per
+    # channel and statistic, which dominate small updates when spread over too many programs
+    min_tiles = MIN_TILES if device.type == "cuda" else 1
+    programs = max(1, min(triton.cdiv(n_rblk, min_tiles), triton.cdiv(target, n_cblk)))
     return {"block_r": block_r, "block_c": block_c, "grid": (programs, n_cblk), "num_warps": warps}
 
 

@@ -4,10 +4,11 @@ max-ratio / peak token records, all without a host sync.
 Per valid row (token) with n non-NaN values: ``tmax = max |x|`` (first channel attaining it),
 ``tmed`` = the ``(n - 1) // 2``-th smallest |x| (0-based), i.e. the lower median as ``torch.median``.
 The median is found by bisection on the integer key ``bits(|x|) >> SHIFT``, which orders |x| like
-the floats do and is exact for the input dtype: SHIFT = 16 / 13 / 0 and 15 / 18 / 31 bisection steps
-for bf16 / fp16 / fp32 (their float32 images have that many low zero bits). Each step counts the keys
-<= a trial value, so the result is the exact key of an element: ``tmed`` is an element's value, not a
-bin. NaN and out-of-range lanes get a sentinel key above every real key.
+the floats do and is exact for the input dtype: SHIFT = 16 / 13 / 0 and 15 / 18 / 31 key bits for
+bf16 / fp16 / fp32 (their float32 images have that many low zero bits). Each step counts the keys <=
+three trial values at once (21-bit fields of one int64, one reduction) and fixes two bits, so the
+result is the exact key of an element: ``tmed`` is an element's value, not a bin. NaN and masked lanes
+get a sentinel key above every real key.
 
 ratio = tmax / max(tmed, float32 tiny) in float64 (a token whose median is inf has ratio 1); pass =
 tmax > t_val and tmax > t_ratio * tmed, compared in float64. ``CANDIDATES``: only rows whose max
@@ -16,8 +17,9 @@ tmax > t_val and tmax > t_ratio * tmed, compared in float64. ``CANDIDATES``: onl
 the max-ratio record is taken over the rows whose max exceeds t_val (so it does not depend on how
 the updates are cut).
 
-Records: each program keeps its best row per record under (key desc, sample asc, position asc, row
-asc) and writes it to a partials buffer; ``_token_records_kernel`` (one program) folds the partials into
+Records: each lane keeps its best row per record under (key desc, sample asc, position asc, row asc)
+with no reduction; each program reduces its lanes once and writes the result to a partials buffer;
+``_token_records_kernel`` (one program) folds the partials into
 the state's records, ties keeping the earlier record. Bytes: reads the valid rows once when a row fits
 one block (``ONE_BLOCK``), otherwise once per bisection step (wide rows); writes a few bytes per program.
 """
@@ -31,9 +33,8 @@ import triton
 import triton.language as tl
 
 from ._state import FLOAT32_TINY
-from .triton_bits import load_f32_bits
+from .triton_bits import INTERPRETED, ceil_div, load_f32_bits, reduce_max, reduce_min, reduce_sum  # noqa: F401
 
-INTERPRETED = bool(triton.knobs.runtime.interpret)
 
 _I32_MAX = tl.constexpr(2147483647)
 _TINY = tl.constexpr(FLOAT32_TINY)
@@ -63,26 +64,52 @@ def _better(m, s, p, r, bm, bs, bp, br):
 
 
 @triton.jit
-def _tile_best(key, scope, sid, pos, rows, tmax, tmed, arg, bk, bs, bp, br, bmax, bmed, barg):
-    """Fold the best row of a tile (by key desc, sample, position, row asc) into the running record."""
-    k = tl.where(scope, key, -1.0)
-    m = tl.max(k, axis=0)
-    tie = scope & (k == m)
-    s = tl.min(tl.where(tie, sid, _I64_MAX), axis=0)
-    tie = tie & (sid == s)
-    p = tl.min(tl.where(tie, pos, _I64_MAX), axis=0)
-    tie = tie & (pos == p)
-    r = tl.min(tl.where(tie, rows, _I32_MAX), axis=0).to(tl.int64)
-    sel = rows == r
-    take = (m >= 0) & _better(m, s, p, r, bk, bs, bp, br)
-    bk = tl.where(take, m, bk)
-    bs = tl.where(take, s, bs)
-    bp = tl.where(take, p, bp)
-    br = tl.where(take, r, br)
-    bmax = tl.where(take, tl.max(tl.where(sel, tmax, -1.0), axis=0), bmax)
-    bmed = tl.where(take, tl.max(tl.where(sel, tmed, -1.0), axis=0), bmed)
-    barg = tl.where(take, tl.max(tl.where(sel, arg, -1), axis=0), barg)
-    return bk, bs, bp, br, bmax, bmed, barg
+def _lane_best(key, scope, sid, pos, rows, tmax, tmed, arg, bk, bs, bp, br, bmax, bmed, barg):
+    """Per lane (no reduction): keep the better of the running record and this tile's row."""
+    take = scope & _better(key, sid, pos, rows, bk, bs, bp, br)
+    return (tl.where(take, key, bk), tl.where(take, sid, bs), tl.where(take, pos, bp), tl.where(take, rows, br),
+            tl.where(take, tmax, bmax), tl.where(take, tmed, bmed), tl.where(take, arg, barg))
+
+
+@triton.jit
+def _store_best(pf, pi, bk, bs, bp, br, bmax, bmed, barg):
+    """Reduce the per-lane records to the program's best one and store it (key, tmax, tmed | s, p, ch, row)."""
+    m = reduce_max(bk, 0)
+    tie = bk == m
+    s = reduce_min(tl.where(tie, bs, _I64_MAX), 0)
+    tie = tie & (bs == s)
+    p = reduce_min(tl.where(tie, bp, _I64_MAX), 0)
+    tie = tie & (bp == p)
+    r = reduce_min(tl.where(tie, br, _I64_MAX), 0)
+    sel = tie & (br == r)
+    tl.store(pf + 0, m)
+    tl.store(pf + 1, reduce_max(tl.where(sel, bmax, -1.0), 0).to(tl.float64))
+    tl.store(pf + 2, reduce_max(tl.where(sel, bmed, -1.0), 0).to(tl.float64))
+    tl.store(pi + 0, s)
+    tl.store(pi + 1, p)
+    tl.store(pi + 2, reduce_max(tl.where(sel, barg, -1), 0).to(tl.int64))
+    tl.store(pi + 3, r)
+
+
+@triton.jit
+def _count_le3(x_ptr, row_off, work, cols0, n_cols, t1, t2, t3, ONE_BLOCK: tl.constexpr, keys,
+               SHIFT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Per row, the counts of keys <= t1, <= t2, <= t3, packed in 21-bit fields of one int64 (one
+    reduction for two bits of the bisection)."""
+    if ONE_BLOCK:
+        packed = ((keys <= t1[:, None]).to(tl.int64) + ((keys <= t2[:, None]).to(tl.int64) << 21)
+                  + ((keys <= t3[:, None]).to(tl.int64) << 42))
+        total = reduce_sum(packed, 1)
+    else:
+        total = tl.full([BLOCK_R], 0, dtype=tl.int64)
+        for c0 in range(0, n_cols, BLOCK_C):
+            cols = c0 + cols0
+            inb = work[:, None] & (cols < n_cols)[None, :]
+            k = _row_keys(x_ptr, row_off + cols[None, :], inb, SHIFT)
+            packed = ((k <= t1[:, None]).to(tl.int64) + ((k <= t2[:, None]).to(tl.int64) << 21)
+                      + ((k <= t3[:, None]).to(tl.int64) << 42))
+            total += reduce_sum(packed, 1)
+    return total
 
 
 @triton.jit
@@ -107,24 +134,25 @@ def _tokens_kernel(
     inf_key = 0x7F800000 >> SHIFT
     sentinel = 0x7FFFFFFF >> SHIFT
     cols0 = tl.arange(0, BLOCK_C)
+    mask21 = (1 << 21) - 1
 
-    n_tok = tl.zeros([BLOCK_R], dtype=tl.int32)
-    n_pass = tl.zeros([BLOCK_R], dtype=tl.int32)
-    r_sum = tl.zeros([BLOCK_R], dtype=tl.float64)
-    r_sq = tl.zeros([BLOCK_R], dtype=tl.float64)
-    # running records: 0 = max ratio, 1 = peak
-    k0 = tl.max(tl.full([BLOCK_R], -1.0, dtype=tl.float64), axis=0)
-    s0 = tl.max(tl.full([BLOCK_R], _I64_MAX, dtype=tl.int64), axis=0)
+    n_tok = tl.full([BLOCK_R], 0, dtype=tl.int32)
+    n_pass = tl.full([BLOCK_R], 0, dtype=tl.int32)
+    r_sum = tl.full([BLOCK_R], 0, dtype=tl.float64)
+    r_sq = tl.full([BLOCK_R], 0, dtype=tl.float64)
+    # per-lane running records (reduced once at the end): 0 = max ratio, 1 = peak
+    k0 = tl.full([BLOCK_R], -1.0, dtype=tl.float64)
+    s0 = tl.full([BLOCK_R], _I64_MAX, dtype=tl.int64)
     p0 = s0
     r0 = s0
-    x0 = tl.max(tl.full([BLOCK_R], -1.0, dtype=tl.float32), axis=0)
+    x0 = tl.full([BLOCK_R], -1.0, dtype=tl.float32)
     m0 = x0
-    a0 = tl.max(tl.full([BLOCK_R], -1, dtype=tl.int32), axis=0)
+    a0 = tl.full([BLOCK_R], -1, dtype=tl.int32)
     k1, s1, p1, r1, x1, m1, a1 = k0, s0, p0, r0, x0, m0, a0
     if CANDIDATES:
         umax = tl.load(umax_ptr)
 
-    for rb in range(pid, tl.cdiv(n_rows, BLOCK_R), n_prog):
+    for rb in range(pid, ceil_div(n_rows, BLOCK_R), n_prog):
         rows = rb * BLOCK_R + tl.arange(0, BLOCK_R)
         row_in = rows < n_rows
         if HAS_MASK:
@@ -138,45 +166,55 @@ def _tokens_kernel(
             work = has_value & ((ramax.to(tl.float64) > t_val) | (ramax == umax))
         else:
             work = row_ok
-        if tl.max(work.to(tl.int32), axis=0) > 0:  # skip tiles without work (candidates mode)
+        # skip tiles without work (only possible with candidates or a mask)
+        if CANDIDATES or HAS_MASK:
+            any_work = reduce_max(work.to(tl.int32), 0) > 0
+        else:
+            any_work = True
+        if any_work:
             row_off = rows.to(tl.int64)[:, None] * stride_row
             if ONE_BLOCK:
                 inb = work[:, None] & (cols0 < n_cols)[None, :]
                 keys = _row_keys(x_ptr, row_off + cols0[None, :], inb, SHIFT)
                 real = keys != sentinel
-                n = tl.sum(real.to(tl.int32), axis=1)
-                kmax = tl.max(tl.where(real, keys, -1), axis=1)
-                arg = tl.min(tl.where(real & (keys == kmax[:, None]), cols0[None, :], _I32_MAX), axis=1)
+                n = reduce_sum(real.to(tl.int32), 1)
+                kmax = reduce_max(tl.where(real, keys, -1), 1)
+                arg = reduce_min(tl.where(real & (keys == kmax[:, None]), cols0[None, :], _I32_MAX), 1)
             else:
-                n = tl.zeros([BLOCK_R], dtype=tl.int32)
+                keys = tl.full([BLOCK_R, BLOCK_C], 0, dtype=tl.int32)  # unused: rows are re-read per step
+                n = tl.full([BLOCK_R], 0, dtype=tl.int32)
                 kmax = tl.full([BLOCK_R], -1, dtype=tl.int32)
                 arg = tl.full([BLOCK_R], _I32_MAX, dtype=tl.int32)
                 for c0 in range(0, n_cols, BLOCK_C):
                     cols = c0 + cols0
                     inb = work[:, None] & (cols < n_cols)[None, :]
-                    keys = _row_keys(x_ptr, row_off + cols[None, :], inb, SHIFT)
-                    real = keys != sentinel
-                    n += tl.sum(real.to(tl.int32), axis=1)
-                    bmax = tl.max(tl.where(real, keys, -1), axis=1)
-                    barg = tl.min(tl.where(real & (keys == bmax[:, None]), cols[None, :], _I32_MAX), axis=1)
+                    k = _row_keys(x_ptr, row_off + cols[None, :], inb, SHIFT)
+                    real = k != sentinel
+                    n += reduce_sum(real.to(tl.int32), 1)
+                    bmax = reduce_max(tl.where(real, k, -1), 1)
+                    barg = reduce_min(tl.where(real & (k == bmax[:, None]), cols[None, :], _I32_MAX), 1)
                     arg = tl.where(bmax > kmax, barg, arg)  # strict: the first block keeps a tie
                     kmax = tl.maximum(kmax, bmax)
             kth = tl.where(n > 0, (n - 1) // 2, 0)
-            # bisection from the top bit: the smallest key with more than kth keys <= it
-            prefix = tl.zeros([BLOCK_R], dtype=tl.int32)
-            for i in tl.static_range(NBITS):
-                bit = NBITS - 1 - i
-                trial = prefix | ((1 << bit) - 1)
-                if ONE_BLOCK:
-                    cnt = tl.sum((keys <= trial[:, None]).to(tl.int32), axis=1)
-                else:
-                    cnt = tl.zeros([BLOCK_R], dtype=tl.int32)
-                    for c0 in range(0, n_cols, BLOCK_C):
-                        cols = c0 + cols0
-                        inb = work[:, None] & (cols < n_cols)[None, :]
-                        keys = _row_keys(x_ptr, row_off + cols[None, :], inb, SHIFT)
-                        cnt += tl.sum((keys <= trial[:, None]).to(tl.int32), axis=1)
-                prefix = tl.where(cnt > kth, prefix, prefix | (1 << bit))
+            # Bisection from the top bit for the smallest key with more than kth keys <= it: one bit
+            # first if NBITS is odd, then two bits per step (counts for three thresholds at once).
+            prefix = tl.full([BLOCK_R], 0, dtype=tl.int32)
+            for i in tl.static_range(NBITS % 2):
+                bit = NBITS - 1
+                t = prefix | ((1 << bit) - 1)
+                cnt = _count_le3(x_ptr, row_off, work, cols0, n_cols, t, t, t, ONE_BLOCK, keys, SHIFT, BLOCK_R,
+                                 BLOCK_C)
+                prefix = tl.where((cnt & mask21) > kth, prefix, prefix | (1 << bit))
+            for i in tl.static_range(NBITS // 2):
+                b = NBITS - (NBITS % 2) - 2 * i - 2
+                t1 = prefix | ((1 << b) - 1)
+                t2 = prefix | ((2 << b) - 1)
+                t3 = prefix | ((3 << b) - 1)
+                cnt = _count_le3(x_ptr, row_off, work, cols0, n_cols, t1, t2, t3, ONE_BLOCK, keys, SHIFT, BLOCK_R,
+                                 BLOCK_C)
+                digit = (((cnt & mask21) <= kth).to(tl.int32) + (((cnt >> 21) & mask21) <= kth).to(tl.int32)
+                         + ((cnt >> 42) <= kth).to(tl.int32))
+                prefix = prefix | (digit << b)
 
             valid = work & (n > 0)
             tmax = (tl.maximum(kmax, 0) << SHIFT).to(tl.float32, bitcast=True)
@@ -203,32 +241,19 @@ def _tokens_kernel(
                 ratio_scope = valid & (tmax64 > t_val)  # not the peak rows: keeps merges exact
             else:
                 ratio_scope = valid
-            k0, s0, p0, r0, x0, m0, a0 = _tile_best(ratio, ratio_scope, sid, pos, rows, tmax, tmed, arg,
+            rows64 = rows.to(tl.int64)
+            k0, s0, p0, r0, x0, m0, a0 = _lane_best(ratio, ratio_scope, sid, pos, rows64, tmax, tmed, arg,
                                                     k0, s0, p0, r0, x0, m0, a0)
-            k1, s1, p1, r1, x1, m1, a1 = _tile_best(tmax64, valid, sid, pos, rows, tmax, tmed, arg,
+            k1, s1, p1, r1, x1, m1, a1 = _lane_best(tmax64, valid, sid, pos, rows64, tmax, tmed, arg,
                                                     k1, s1, p1, r1, x1, m1, a1)
 
-    tl.atomic_add(tok_counts_ptr + 0, tl.sum(n_tok, axis=0).to(tl.int64))
-    tl.atomic_add(tok_counts_ptr + 1, tl.sum(n_pass, axis=0).to(tl.int64))
+    tl.atomic_add(tok_counts_ptr + 0, reduce_sum(n_tok, 0).to(tl.int64))
+    tl.atomic_add(tok_counts_ptr + 1, reduce_sum(n_pass, 0).to(tl.int64))
     if not CANDIDATES:
-        tl.atomic_add(ratio_sums_ptr + 0, tl.sum(r_sum, axis=0))
-        tl.atomic_add(ratio_sums_ptr + 1, tl.sum(r_sq, axis=0))
-    pf = part_f_ptr + pid * 6
-    tl.store(pf + 0, k0)
-    tl.store(pf + 1, x0.to(tl.float64))
-    tl.store(pf + 2, m0.to(tl.float64))
-    tl.store(pf + 3, k1)
-    tl.store(pf + 4, x1.to(tl.float64))
-    tl.store(pf + 5, m1.to(tl.float64))
-    pi = part_i_ptr + pid * 8
-    tl.store(pi + 0, s0)
-    tl.store(pi + 1, p0)
-    tl.store(pi + 2, a0.to(tl.int64))
-    tl.store(pi + 3, r0)
-    tl.store(pi + 4, s1)
-    tl.store(pi + 5, p1)
-    tl.store(pi + 6, a1.to(tl.int64))
-    tl.store(pi + 7, r1)
+        tl.atomic_add(ratio_sums_ptr + 0, reduce_sum(r_sum, 0))
+        tl.atomic_add(ratio_sums_ptr + 1, reduce_sum(r_sq, 0))
+    _store_best(part_f_ptr + pid * 6, part_i_ptr + pid * 8, k0, s0, p0, r0, x0, m0, a0)
+    _store_best(part_f_ptr + pid * 6 + 3, part_i_ptr + pid * 8 + 4, k1, s1, p1, r1, x1, m1, a1)
 
 
 @triton.jit
@@ -242,15 +267,15 @@ def _token_records_kernel(part_f_ptr, part_i_ptr, rec_f_ptr, rec_i_ptr, n_parts,
         sid = tl.load(part_i_ptr + p * 8 + rec * 4 + 0, mask=pin, other=_I64_MAX)
         pos = tl.load(part_i_ptr + p * 8 + rec * 4 + 1, mask=pin, other=_I64_MAX)
         row = tl.load(part_i_ptr + p * 8 + rec * 4 + 3, mask=pin, other=_I64_MAX)
-        m = tl.max(key, axis=0)
+        m = reduce_max(key, axis=0)
         tie = pin & (key == m)
-        s = tl.min(tl.where(tie, sid, _I64_MAX), axis=0)
+        s = reduce_min(tl.where(tie, sid, _I64_MAX), axis=0)
         tie = tie & (sid == s)
-        q = tl.min(tl.where(tie, pos, _I64_MAX), axis=0)
+        q = reduce_min(tl.where(tie, pos, _I64_MAX), axis=0)
         tie = tie & (pos == q)
-        r = tl.min(tl.where(tie, row, _I64_MAX), axis=0)
+        r = reduce_min(tl.where(tie, row, _I64_MAX), axis=0)
         sel = tie & (row == r)
-        w = tl.min(tl.where(sel, p, BLOCK_P), axis=0)  # the winning partial
+        w = reduce_min(tl.where(sel, p, BLOCK_P), axis=0)  # the winning partial
         old_k = tl.load(rec_f_ptr + rec * 3)
         old_s = tl.load(rec_i_ptr + rec * 3 + 0)
         old_p = tl.load(rec_i_ptr + rec * 3 + 1)

@@ -1,14 +1,23 @@
-"""Triton + torch.topk: the K largest |x| of an update, appended to the state's pending buffer.
+"""Triton: the K largest |x| of an update, appended to the state's pending top-k buffer; and the
+compaction of that buffer. Three small launches per update, no torch sort / topk (whose multi-kernel
+radix selects cost more host time than the whole rest of an update), no host sync.
 
 Total order inside an update: (|x| desc, row asc, channel asc). Row keys ``(bits(row max) << 32) |
-(0xFFFFFFFF - row)`` order rows by (max desc, row asc); the K largest elements always lie in the K
-rows with the largest row keys (an element outside them is beaten by each of those K rows' maxima).
-So: ``torch.topk`` of the row keys picks K rows, sorted back into row order; ``_topk_keys_kernel``
-builds element keys ``(bits(|x|) << 32) | (0xFFFFFFFF - (i * C + c))`` for them (i = rank of the
-row among the picked ones, so the index fits 32 bits whatever R is; -1 for NaN or invalid rows);
-``torch.topk`` picks K keys; ``_topk_decode_kernel`` writes (|x|, signed value, sample, position,
-channel) to the pending slots. No host sync: K and the slot offset are host integers.
-Bytes: reads K rows of x (K x C x itemsize) and R row keys; writes K x C keys + K entries.
+(0xFFFFFFFF - row)`` (from the rows pass) order rows by (max desc, row asc), and the K largest
+elements always lie in the K rows with the largest row keys (an element outside them is beaten by each
+of those rows' maxima). So:
+
+1. ``_topk_rows_kernel``: each program folds a block of row keys into its local top K.
+2. ``_topk_elems_kernel``, program (i, cb): takes the top K row keys of all partials, the i-th of them
+   (in any fixed order), its rank r among the picked rows by row index, and folds the element keys
+   ``(bits(|x|) << 32) | (0xFFFFFFFF - (r * C + c))`` of channel block cb into a local top K (r * C + c
+   < K * C < 2**32 whatever the number of rows).
+3. ``_topk_merge_kernel`` (one program): folds all element partials into the top K and writes
+   (|x|, signed value, sample, position, channel) to the pending slots (abs -1 for empty ones).
+
+Keys are unique (they carry an index), so "remove the maximum" removes exactly one key. Bytes: reads
+the R row keys and K rows of x; writes a few KiB. ``_topk_compact_kernel`` keeps the first K pending
+entries under (abs desc, sample asc, position asc, channel asc, slot asc), like the torch path.
 """
 
 from __future__ import annotations
@@ -17,75 +26,183 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_bits import load_f32_bits
+from ._state import INT64_MAX
+from .triton_bits import INTERPRETED, load_f32_bits, reduce_max, reduce_min, reduce_sum  # noqa: F401
 
-INTERPRETED = bool(triton.knobs.runtime.interpret)
-
-_I64_MAX = tl.constexpr(9223372036854775807)
+_I64_MAX = tl.constexpr(INT64_MAX)
 CPU_BLOCK_C = 64
+CPU_ROW_BLOCK = 64
+GPU_BLOCK_C = 4096
+GPU_ROW_BLOCK = 4096
+CAND_BLOCK = 4096  # partial candidates folded per step
 
 
 @triton.jit
-def _topk_keys_kernel(
+def _fold(best, keys, K, KB: tl.constexpr):
+    """Fold the K largest of ``keys`` (int64, unique except -1) into ``best`` (int64[KB]: slots < K hold the
+    running top K unordered, -1 = empty; slots >= K hold INT64_MAX and are never replaced)."""
+    slots = tl.arange(0, KB)
+    for _ in range(K):
+        m = reduce_max(keys, 0)
+        lo = reduce_min(best, 0)
+        slot = reduce_min(tl.where(best == lo, slots, KB), 0)
+        # (m + 0 * best): a vector, so the mask stays element-wise (the interpreter mishandles
+        # scalar-bool & vector-bool)
+        best = tl.where((slots == slot) & ((m + 0 * best) > lo), m, best)
+        keys = tl.where(keys == m, -1, keys)
+    return best
+
+
+@triton.jit
+def _empty_best(K, KB: tl.constexpr):
+    slots = tl.arange(0, KB)
+    return tl.where(slots < K, tl.full([KB], -1, dtype=tl.int64), tl.full([KB], _I64_MAX, dtype=tl.int64))
+
+
+@triton.jit
+def _fold_partials(part_ptr, n_parts, K, KB: tl.constexpr, BLOCK: tl.constexpr):
+    """Top K of the ``n_parts`` int64 keys at ``part_ptr`` (padding -1)."""
+    best = _empty_best(K, KB)
+    for b0 in range(0, n_parts, BLOCK):
+        offs = b0 + tl.arange(0, BLOCK)
+        keys = tl.load(part_ptr + offs, mask=offs < n_parts, other=-1)
+        best = _fold(best, keys, K, KB)
+    return best
+
+
+@triton.jit
+def _topk_rows_kernel(rowkey_ptr, part_ptr, n_rows, K, KB: tl.constexpr, BLOCK: tl.constexpr):
+    """Program p: the top K row keys of rows [p * BLOCK, (p + 1) * BLOCK) into part[p * K ...]."""
+    pid = tl.program_id(0)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    keys = tl.load(rowkey_ptr + offs, mask=offs < n_rows, other=-1)
+    best = _fold(_empty_best(K, KB), keys, K, KB)
+    slots = tl.arange(0, KB)
+    tl.store(part_ptr + pid * K + slots, best, mask=slots < K)
+
+
+@triton.jit
+def _topk_elems_kernel(
     # pointers
-    x_ptr, sel_ptr, rowkey_ptr, keys_ptr,
+    x_ptr, row_part_ptr, sel_ptr, elem_part_ptr,
     # strides
     stride_row,
     # sizes
-    n_cols,
+    n_row_parts, n_cols, K,
     # meta-parameters
-    BLOCK_C: tl.constexpr,
+    KB: tl.constexpr, BLOCK_C: tl.constexpr, CAND_BLOCK: tl.constexpr,
 ):
-    """Program (i, cb): element keys of channel block cb of the i-th picked row."""
+    """Program (i, cb): top K element keys of channel block cb of the i-th picked row."""
     i = tl.program_id(0)
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    col_in = cols < n_cols
-    # the row index broadcast over the block (a vector, not a scalar, so masks stay element-wise)
-    row = tl.load(sel_ptr + i + tl.zeros([BLOCK_C], dtype=tl.int32))
-    row_valid = tl.load(rowkey_ptr + row) >= 0
-    ab = load_f32_bits(x_ptr + row * stride_row + cols, col_in & row_valid) & 0x7FFFFFFF
-    ok = col_in & row_valid & (ab <= 0x7F800000)
-    local = i.to(tl.int64) * n_cols + cols
-    key = (ab.to(tl.int64) << 32) | (0xFFFFFFFF - local)
-    tl.store(keys_ptr + local, tl.where(ok, key, -1), mask=col_in)
+    cb = tl.program_id(1)
+    n_cblk = tl.num_programs(1)
+    slots = tl.arange(0, KB)
+    picked = _fold_partials(row_part_ptr, n_row_parts, K, KB, CAND_BLOCK)
+    valid = (slots < K) & (picked >= 0)
+    rows = tl.where(valid, 0xFFFFFFFF - (picked & 0xFFFFFFFF), _I64_MAX)
+    row = reduce_min(tl.where(slots == i, rows, _I64_MAX), 0)  # INT64_MAX: no row in this slot
+    has_row = row < _I64_MAX
+    rank = reduce_sum((rows < row).to(tl.int64), 0)  # position among the picked rows, by row index
+    tl.store(sel_ptr + rank, row, mask=has_row & (cb == 0))
+    cols = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    row_b = row + tl.full([BLOCK_C], 0, dtype=tl.int64)  # broadcast, so masks stay element-wise
+    ok_c = (cols < n_cols) & (row_b < _I64_MAX)
+    row_v = tl.where(ok_c, row_b, 0)
+    ab = load_f32_bits(x_ptr + row_v * stride_row + cols, ok_c) & 0x7FFFFFFF
+    ok = ok_c & (ab <= 0x7F800000)
+    local = rank * n_cols + cols
+    keys = tl.where(ok, (ab.to(tl.int64) << 32) | (0xFFFFFFFF - local), -1)
+    best = _fold(_empty_best(K, KB), keys, K, KB)
+    tl.store(elem_part_ptr + (i * n_cblk + cb) * K + slots, best, mask=slots < K)
 
 
 @triton.jit
-def _topk_decode_kernel(
+def _topk_merge_kernel(
     # pointers
-    x_ptr, sel_ptr, top_ptr, sid_ptr, pos_ptr, out_abs_ptr, out_val_ptr, out_idx_ptr,
+    x_ptr, elem_part_ptr, sel_ptr, sid_ptr, pos_ptr, out_abs_ptr, out_val_ptr, out_idx_ptr,
     # strides
     stride_row,
     # sizes
-    n_cols, n_top,
+    n_parts, n_cols, K, slot0,
     # meta-parameters
-    HAS_SIDS: tl.constexpr, HAS_POS: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_SIDS: tl.constexpr, HAS_POS: tl.constexpr, KB: tl.constexpr, CAND_BLOCK: tl.constexpr,
 ):
-    """One program: decode the picked keys into pending top-k entries (abs -1 for empty keys)."""
-    j = tl.arange(0, BLOCK)
-    j_in = j < n_top
-    key = tl.load(top_ptr + j, mask=j_in, other=-1)
-    valid = j_in & (key >= 0)
-    local = tl.where(valid, 0xFFFFFFFF - (key & 0xFFFFFFFF), 0)
-    i = local // n_cols
+    """One program: the top K element keys, decoded into pending slots slot0 .. slot0 + K - 1."""
+    slots = tl.arange(0, KB)
+    best = _fold_partials(elem_part_ptr, n_parts, K, KB, CAND_BLOCK)
+    keep = slots < K
+    valid = keep & (best >= 0)
+    local = tl.where(valid, 0xFFFFFFFF - (best & 0xFFFFFFFF), 0)
+    rank = local // n_cols
     col = local % n_cols
-    row = tl.load(sel_ptr + i, mask=valid, other=0)
-    ab = (key >> 32).to(tl.int32).to(tl.float32, bitcast=True)
+    row = tl.load(sel_ptr + rank, mask=valid, other=0)
+    ab = (tl.where(valid, best, 0) >> 32).to(tl.int32).to(tl.float32, bitcast=True)
     bits = load_f32_bits(x_ptr + row * stride_row + col, valid)
     value = tl.where(bits == -2147483648, 0, bits).to(tl.float32, bitcast=True)  # -0.0 -> 0.0
     if HAS_SIDS:
         sid = tl.load(sid_ptr + row, mask=valid, other=-1)
     else:
-        sid = tl.full([BLOCK], -1, dtype=tl.int64)
+        sid = tl.full([KB], -1, dtype=tl.int64)
     if HAS_POS:
         pos = tl.load(pos_ptr + row, mask=valid, other=0)
     else:
         pos = row
-    tl.store(out_abs_ptr + j, tl.where(valid, ab, -1.0), mask=j_in)
-    tl.store(out_val_ptr + j, tl.where(valid, value, 0.0), mask=j_in)
-    tl.store(out_idx_ptr + j * 3 + 0, tl.where(valid, sid, _I64_MAX), mask=j_in)
-    tl.store(out_idx_ptr + j * 3 + 1, tl.where(valid, pos, _I64_MAX), mask=j_in)
-    tl.store(out_idx_ptr + j * 3 + 2, tl.where(valid, col, _I64_MAX), mask=j_in)
+    out = slot0 + slots
+    tl.store(out_abs_ptr + out, tl.where(valid, ab, -1.0), mask=keep)
+    tl.store(out_val_ptr + out, tl.where(valid, value, 0.0), mask=keep)
+    tl.store(out_idx_ptr + out * 3 + 0, tl.where(valid, sid, _I64_MAX), mask=keep)
+    tl.store(out_idx_ptr + out * 3 + 1, tl.where(valid, pos, _I64_MAX), mask=keep)
+    tl.store(out_idx_ptr + out * 3 + 2, tl.where(valid, col, _I64_MAX), mask=keep)
+
+
+@triton.jit
+def _topk_compact_kernel(abs_ptr, val_ptr, idx_ptr, n, K, BLOCK: tl.constexpr, KB: tl.constexpr):
+    """One program: the first K of the n pending entries under (abs desc, sample, position, channel, slot
+    asc) to slots 0 .. K - 1 in that order; every other slot emptied (abs -1, indices INT64_MAX)."""
+    offs = tl.arange(0, BLOCK)
+    inb = offs < n
+    ab = tl.load(abs_ptr + offs, mask=inb, other=-2.0)
+    val = tl.load(val_ptr + offs, mask=inb, other=0.0)
+    sid = tl.load(idx_ptr + offs * 3 + 0, mask=inb, other=_I64_MAX)
+    pos = tl.load(idx_ptr + offs * 3 + 1, mask=inb, other=_I64_MAX)
+    ch = tl.load(idx_ptr + offs * 3 + 2, mask=inb, other=_I64_MAX)
+    slots = tl.arange(0, KB)
+    o_ab = tl.full([KB], -1.0, dtype=tl.float32)
+    o_val = tl.full([KB], 0.0, dtype=tl.float32)
+    o_sid = tl.full([KB], _I64_MAX, dtype=tl.int64)
+    o_pos = o_sid
+    o_ch = o_sid
+    for j in range(K):
+        m = reduce_max(ab, 0)
+        t = ab == m
+        s = reduce_min(tl.where(t, sid, _I64_MAX), 0)
+        t = t & (sid == s)
+        p = reduce_min(tl.where(t, pos, _I64_MAX), 0)
+        t = t & (pos == p)
+        c = reduce_min(tl.where(t, ch, _I64_MAX), 0)
+        t = t & (ch == c)
+        w = reduce_min(tl.where(t, offs, BLOCK), 0)
+        pick = (slots == j) & ((m + 0.0 * slots.to(tl.float32)) >= 0)  # m < 0: only empty slots left
+        o_ab = tl.where(pick, m, o_ab)
+        o_val = tl.where(pick, reduce_sum(tl.where(offs == w, val, 0.0), 0), o_val)
+        o_sid = tl.where(pick, s, o_sid)
+        o_pos = tl.where(pick, p, o_pos)
+        o_ch = tl.where(pick, c, o_ch)
+        ab = tl.where(offs == w, -3.0, ab)
+    tl.store(abs_ptr + offs, tl.full([BLOCK], -1.0, dtype=tl.float32), mask=inb)
+    tl.store(val_ptr + offs, tl.full([BLOCK], 0.0, dtype=tl.float32), mask=inb)
+    for f in tl.static_range(3):
+        tl.store(idx_ptr + offs * 3 + f, tl.full([BLOCK], _I64_MAX, dtype=tl.int64), mask=inb)
+    keep = slots < K
+    tl.store(abs_ptr + slots, o_ab, mask=keep)
+    tl.store(val_ptr + slots, o_val, mask=keep)
+    tl.store(idx_ptr + slots * 3 + 0, o_sid, mask=keep)
+    tl.store(idx_ptr + slots * 3 + 1, o_pos, mask=keep)
+    tl.store(idx_ptr + slots * 3 + 2, o_ch, mask=keep)
+
+
+def _warps(device: torch.device, n: int) -> int:
+    return 1 if device.type != "cuda" else (4 if n <= 1024 else 8)
 
 
 def topk_update(
@@ -95,28 +212,52 @@ def topk_update(
     positions: torch.Tensor | None,
     state,
 ) -> None:
-    """Append this update's K best elements to ``state``'s pending top-k buffer."""
+    """Append this update's K best elements to ``state``'s pending top-k buffer (3 launches)."""
     n_rows, n_cols = x2d.shape
     k = state.config.topk
-    k_rows = min(k, n_rows)
-    sel = torch.sort(torch.topk(rowkey, k_rows, sorted=False).indices).values
-    keys = state.scratch("topk_keys", k_rows * n_cols, torch.int64)
-    block_c = min(triton.next_power_of_2(n_cols), CPU_BLOCK_C if x2d.device.type != "cuda" else 1024)
-    _topk_keys_kernel[(k_rows, triton.cdiv(n_cols, block_c))](
-        x2d, sel, rowkey, keys, x2d.stride(0), n_cols, BLOCK_C=block_c,
-        num_warps=1 if x2d.device.type != "cuda" else 4,
+    kb = max(16, triton.next_power_of_2(k))
+    dev = x2d.device
+    gpu = dev.type == "cuda"
+    row_block = min(triton.next_power_of_2(n_rows), GPU_ROW_BLOCK if gpu else CPU_ROW_BLOCK)
+    n_row_programs = triton.cdiv(n_rows, row_block)
+    row_part = state.scratch("topk_row_part", n_row_programs * k, torch.int64)
+    _topk_rows_kernel[(n_row_programs,)](rowkey, row_part, n_rows, k, KB=kb, BLOCK=row_block,
+                                         num_warps=_warps(dev, row_block))
+    block_c = min(max(16, triton.next_power_of_2(n_cols)), GPU_BLOCK_C if gpu else CPU_BLOCK_C)
+    n_cblk = triton.cdiv(n_cols, block_c)
+    sel = state.scratch("topk_sel", k, torch.int64)
+    elem_part = state.scratch("topk_elem_part", k * n_cblk * k, torch.int64)
+    cand_block = min(CAND_BLOCK, max(16, triton.next_power_of_2(n_row_programs * k)))
+    _topk_elems_kernel[(k, n_cblk)](
+        x2d, row_part, sel, elem_part,
+        x2d.stride(0),
+        n_row_programs * k, n_cols, k,
+        KB=kb, BLOCK_C=block_c, CAND_BLOCK=cand_block,
+        num_warps=_warps(dev, block_c),
     )
-    n_top = min(k, k_rows * n_cols)
-    top = torch.topk(keys, n_top, sorted=False).values
-    off = state.topk_reserve(n_top)
+    slot0 = state.topk_reserve(k)
     dummy = state.counts
-    _topk_decode_kernel[(1,)](
-        x2d, sel, top,
+    _topk_merge_kernel[(1,)](
+        x2d, elem_part, sel,
         sample_ids if sample_ids is not None else dummy,
         positions if positions is not None else dummy,
-        state.topk_abs[off:], state.topk_value[off:], state.topk_index[off:],
-        x2d.stride(0), n_cols, n_top,
-        HAS_SIDS=sample_ids is not None, HAS_POS=positions is not None,
-        BLOCK=max(16, triton.next_power_of_2(n_top)),
-        num_warps=1 if x2d.device.type != "cuda" else 4,
+        state.topk_abs, state.topk_value, state.topk_index,
+        x2d.stride(0),
+        k * n_cblk * k, n_cols, k, slot0,
+        HAS_SIDS=sample_ids is not None, HAS_POS=positions is not None, KB=kb,
+        CAND_BLOCK=min(CAND_BLOCK, max(16, triton.next_power_of_2(k * n_cblk * k))),
+        num_warps=_warps(dev, 1024),
     )
+
+
+def topk_compact(state) -> None:
+    """Device compaction of the pending buffer (one launch); same result as the torch path in _state."""
+    n = state.topk_fill
+    k = state.config.topk
+    block = max(16, triton.next_power_of_2(max(n, 1)))
+    _topk_compact_kernel[(1,)](
+        state.topk_abs, state.topk_value, state.topk_index, n, k,
+        BLOCK=block, KB=max(16, triton.next_power_of_2(k)),
+        num_warps=_warps(state.topk_abs.device, block),
+    )
+    state.topk_fill = k

@@ -94,7 +94,9 @@ def update(
         row_argmax = state.scratch("row_argmax", n_rows, torch.int32)
         rowkey = state.scratch("rowkey", n_rows, torch.int64)
     mask_u8 = row_mask.view(torch.uint8) if row_mask is not None else None
-    device_ctx = torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext()
+    # Triton launches on the current device; switch only when x lives elsewhere (the switch costs host time)
+    other_gpu = dev.type == "cuda" and dev.index != torch.cuda.current_device()
+    device_ctx = torch.cuda.device(dev) if other_gpu else contextlib.nullcontext()
     with device_ctx:
         if fast:
             from . import cuda_hist
@@ -127,4 +129,5 @@ def update(
             triton_tokens.tokens_update(x2d, mask_u8, sample_ids, positions, state,
                                         row_absmax if candidates else None)
         if cfg.topk:
+            state.topk_compactor = triton_topk.topk_compact
             triton_topk.topk_update(x2d, rowkey, sample_ids, positions, state)

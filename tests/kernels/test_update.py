@@ -8,7 +8,14 @@ import torch
 
 from maxact_kernels import ActivationStats
 from tests.kernels.oracle import oracle_summary
-from tests.utils import DTYPES, assert_close_scalar, assert_verbose_allclose, assert_verbose_equal, make_ties, make_values
+from tests.utils import (
+    DTYPES,
+    assert_close_scalar,
+    assert_verbose_allclose,
+    assert_verbose_equal,
+    make_ties,
+    make_values,
+)
 
 FEATURES = dict(track_tokens=True, track_channels=True, topk=6, num_samples=3)
 SHAPES = [(1, 1), (1, 7), (5, 123), (3, 4, 37), (2, 3, 5, 17)]

@@ -1,0 +1,101 @@
+"""Benchmark fixtures: device timing, a copy baseline measured in the same run, and a printed report.
+
+Run: ``pytest benchmarks/ --benchmark-only`` (add ``-p no:cacheprovider`` on read-only checkouts). Every
+figure is also written to ``results/benchmarks/kernels.json`` (ignored by git).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPORT: list[dict] = []
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "benchmarks" / "kernels.json"
+
+
+def cuda_time_ms(fn, *, iters: int = 20, repeats: int = 5, warmup: int = 3) -> float:
+    """Median over ``repeats`` of the mean time of ``iters`` back-to-back calls, by CUDA events."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(iters):
+            fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / iters)
+    return statistics.median(times)
+
+
+def cpu_time_ms(fn, *, iters: int = 5, repeats: int = 5, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        times.append((time.perf_counter() - t0) * 1e3 / iters)
+    return statistics.median(times)
+
+
+@pytest.fixture(scope="session")
+def timers():
+    """(cuda_time_ms, cpu_time_ms)."""
+    return cuda_time_ms, cpu_time_ms
+
+
+@pytest.fixture(scope="session")
+def gpu() -> torch.device:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device: the GPU kernel benchmarks need one (the CPU reference benchmark still runs)")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+@pytest.fixture(scope="session")
+def copy_ms():
+    """Time of a same-size device-to-device (or CPU) copy, measured once per shape in this run."""
+    cache: dict = {}
+
+    def measure(shape, dtype, device) -> float:
+        key = (tuple(shape), dtype, str(device))
+        if key not in cache:
+            srcs = [torch.randn(shape, device=device).to(dtype) for _ in range(3 if device.type == "cuda" else 1)]
+            dst = torch.empty_like(srcs[0])
+            i = [0]
+
+            def copy():
+                i[0] = (i[0] + 1) % len(srcs)
+                dst.copy_(srcs[i[0]])
+
+            cache[key] = cuda_time_ms(copy) if device.type == "cuda" else cpu_time_ms(copy)
+        return cache[key]
+
+    return measure
+
+
+@pytest.fixture
+def report():
+    """Append one result row (printed at the end of the session and saved as JSON)."""
+    return REPORT.append
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not REPORT:
+        return
+    tr = terminalreporter
+    tr.section("maxact kernel benchmarks (read bandwidth; fraction of a same-size copy measured in this run)")
+    for row in REPORT:
+        tr.write_line(row["line"])
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    RESULTS.write_text(json.dumps({"device": device, "torch": torch.__version__, "rows": REPORT}, indent=1))
+    tr.write_line(f"saved to {RESULTS}")

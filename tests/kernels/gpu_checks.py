@@ -1,0 +1,143 @@
+"""GPU checks of the compiled kernels, run by ``test_gpu.py`` in a fresh process (the CPU tests hold the
+kernels in Triton's interpreter, which cannot take CUDA tensors). Prints one JSON line per check:
+``{"check": name, "ok": bool, "detail": str}``. Usage: ``python -m tests.kernels.gpu_checks [--quick]``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+
+import numpy as np
+import torch
+
+from maxact_kernels import ActivationStats
+from maxact_kernels import triton_update
+
+FULL = dict(track_tokens=True, track_channels=True, topk=16, num_samples=8)
+EXACT = ("count", "min", "max", "abs_max", "nan_count", "posinf_count", "neginf_count", "abs_hist",
+         "channel_abs_max", "sample_abs_max", "sample_id_out_of_range", "topk")
+
+
+def make(shape, dtype, gen):
+    """Many binades, signs, and NaN / +-inf / +-0 / subnormals sprinkled in."""
+    x = torch.randn(shape, generator=gen, device="cuda") * torch.exp(torch.randn(shape, generator=gen, device="cuda") * 3)
+    flat = x.view(-1)
+    if flat.numel() > 16:
+        idx = torch.randint(0, flat.numel(), (12,), generator=gen, device="cuda")
+        flat[idx] = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0, 0.0, 7e5, -7e5, 1e-40, -3e-39,
+                                  1e-8, 6e4, float("nan")], device="cuda")
+    return x.to(dtype)
+
+
+def ids(rows, per_sample):
+    r = torch.arange(rows, device="cuda")
+    return r // per_sample, r % per_sample
+
+
+def diff(a: dict, b: dict, sum_rtol: float = 1e-6) -> list[str]:
+    errs = []
+    for key in EXACT:
+        x, y = a[key], b[key]
+        if isinstance(x, dict):
+            bad = [k for k in x if not np.array_equal(x[k], y[k])]
+            if bad:
+                errs.append(f"{key}.{bad}: {x} vs {y}")
+        elif not np.array_equal(np.asarray(x), np.asarray(y), equal_nan=True):
+            errs.append(f"{key}: {x if np.ndim(x) == 0 else 'arrays differ'} vs {y if np.ndim(y) == 0 else ''}")
+    for key, scale in (("sum", "abs_sum"), ("sum_sq", "sum_sq"), ("abs_sum", "abs_sum")):
+        if abs(a[key] - b[key]) > sum_rtol * abs(b[scale]):
+            errs.append(f"{key}: {a[key]} vs {b[key]}")
+    sa, sb = dict(a["sun"]), dict(b["sun"])
+    for key in ("mean_ratio", "std_ratio"):
+        u, v = sa.pop(key), sb.pop(key)
+        if not (u is None and v is None) and not (np.isclose(u, v, rtol=1e-9) or (np.isnan(u) and np.isnan(v)) or u == v):
+            errs.append(f"sun.{key}: {u} vs {v}")
+    for key in sa:
+        if not (sa[key] == sb[key] or (isinstance(sa[key], float) and np.isnan(sa[key]) and np.isnan(sb[key]))):
+            errs.append(f"sun.{key}: {sa[key]} vs {sb[key]}")
+    return errs
+
+
+def check_exact(shape, dtype, masked, token_median, fast_hist: bool) -> list[str]:
+    gen = torch.Generator(device="cuda").manual_seed(hash((shape, str(dtype), masked)) % 2**31)
+    x = make(shape, dtype, gen)
+    rows = x.numel() // shape[-1]
+    mask = (torch.rand(rows, generator=gen, device="cuda") > 0.2) if masked else None
+    sids, pos = ids(rows, max(1, rows // 6))
+    kw = dict(FULL, token_median=token_median, sun_abs_threshold=20.0, sun_ratio_threshold=50.0)
+    tri = ActivationStats(shape[-1], device="cuda", backend="triton", **kw)
+    ref = ActivationStats(shape[-1], device="cuda", backend="reference", **kw)
+    saved = triton_update.use_cuda_hist
+    if not fast_hist:
+        triton_update.use_cuda_hist = lambda device: False
+    try:
+        # two updates (second a slice: row stride > width) exercise accumulation and strides
+        for part in (x, x[..., : max(1, shape[-1] - 3)]):
+            c = part.shape[-1]
+            if c != shape[-1]:
+                tri = ActivationStats(c, device="cuda", backend="triton", **kw)
+                ref = ActivationStats(c, device="cuda", backend="reference", **kw)
+            half = max(1, rows // 2)
+            second = part.reshape(-1, c)[:half]
+            for st in (tri, ref):
+                st.update(part, mask, sids, pos)
+                st.update(second, None, sids[:half] + 4, None)  # some ids out of range, default positions
+            errs = diff(tri.summary(), ref.summary())
+            if errs:
+                return errs
+    finally:
+        triton_update.use_cuda_hist = saved
+    return []
+
+
+def check_no_sync(token_median: str) -> list[str]:
+    """Updates (top-k compaction included) raise under sync debug mode "error" if anything syncs."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = make((512, 384), torch.bfloat16, gen)
+    mask = torch.ones(512, dtype=torch.bool, device="cuda")
+    sids, pos = ids(512, 128)
+    errs = []
+    for backend in ("triton", "reference"):
+        st = ActivationStats(384, device="cuda", backend=backend, token_median=token_median, **FULL)
+        st.update(x, mask, sids, pos)  # compile / first-call work outside the check
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for _ in range(20):
+                st.update(x, mask, sids, pos)
+        except RuntimeError as exc:
+            errs.append(f"{backend}: {exc}")
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return errs
+
+
+def main() -> int:
+    checks = {}
+    fast = triton_update.use_cuda_hist(torch.device("cuda"))
+    quick = "--quick" in sys.argv  # fewer combinations (bf16 gets them all)
+    for shape in [(1, 1), (5, 123), (3, 4, 37), (1823, 781), (64, 12288), (300, 4096)]:
+        for dtype in (torch.bfloat16, torch.float16, torch.float32):
+            full = not quick or dtype == torch.bfloat16
+            for fast_hist in ((True, False) if fast and full else (fast,)):
+                for masked, tm in ((False, "all"), (True, "candidates")) if full else ((True, "all"),):
+                    name = f"exact {shape} {str(dtype)[6:]} mask={masked} {tm} cuda_hist={fast_hist}"
+                    checks[name] = lambda s=shape, d=dtype, m=masked, t=tm, f=fast_hist: check_exact(s, d, m, t, f)
+    for tm in ("all", "candidates"):
+        checks[f"no host sync {tm}"] = lambda t=tm: check_no_sync(t)
+    failed = 0
+    print(json.dumps({"check": "cuda_hist available", "ok": True, "detail": str(fast)}), flush=True)
+    for name, fn in checks.items():
+        try:
+            errs = fn()
+        except Exception:
+            errs = [traceback.format_exc(limit=8)]
+        failed += bool(errs)
+        print(json.dumps({"check": name, "ok": not errs, "detail": "; ".join(errs)[:2000]}), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
