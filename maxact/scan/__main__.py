@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from maxact.scan.config import (ATTN_IMPLEMENTATIONS, BACKENDS, DTYPES, EXPORT_FORMATS,
@@ -133,6 +134,8 @@ def config_from_args(args: argparse.Namespace) -> ScanConfig:
 
 def setup_logging(verbose: int, quiet: int) -> None:
     level = logging.INFO - 10 * verbose + 10 * quiet
+    if int(os.environ.get("RANK", "0")) > 0:   # torchrun: only rank 0 reports progress
+        level = max(level, logging.WARNING)
     logging.basicConfig(level=max(logging.DEBUG, min(level, logging.ERROR)),
                         format="%(levelname)s %(name)s: %(message)s")
 
@@ -152,10 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     except ScanInterrupted as exc:
         print(f"interrupted: {exc}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt:   # before the loop (loading) or a second Ctrl-C: nothing to save
+        print("interrupted", file=sys.stderr)
+        return ScanInterrupted.exit_code
     if result is not None:   # None on ranks other than 0 of a torchrun scan
-        from maxact.scan.table import render
-
-        print(render(result))
+        print(result.table())
     return 0
 
 

@@ -22,7 +22,7 @@ import torch
 
 from maxact.scan import parallel, pipeline
 from maxact.scan.config import ScanConfig
-from maxact.scan.runner import build_states, forward_batch
+from maxact.scan.runner import build_states, first_token_capacity, flush_all, forward_batch
 from maxact.scan.sitestate import BatchGeometry
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,8 @@ class BenchSession:
 
 def prepare(config: ScanConfig, max_batches: int | None = None) -> BenchSession:
     """Load model, corpus, batches (the first ``max_batches``) and sites as a scan would."""
-    device = torch.device(parallel.local_device(pipeline.resolve_device(config), parallel.SingleProcess()))
+    device = pipeline.concrete_device(parallel.local_device(pipeline.resolve_device(config),
+                                                            parallel.SingleProcess()))
     torch.manual_seed(config.seed)
     with torch.inference_mode():
         model = pipeline.load_model(config, device)
@@ -80,9 +81,9 @@ def _bare_step(session: BenchSession, batch: Any) -> None:
 
 
 def time_bare(session: BenchSession, warmup: int = 1) -> Throughput:
-    """Bare base-model forward over the session's batches (after ``warmup`` untimed batches)."""
+    """Bare base-model forward over the session's batches, after ``warmup`` untimed passes over them."""
     with torch.inference_mode():
-        for batch in session.batches[:warmup]:
+        for batch in session.batches * warmup:
             _bare_step(session, batch)
         _sync(session.device)
         t0 = time.perf_counter()
@@ -92,24 +93,39 @@ def time_bare(session: BenchSession, warmup: int = 1) -> Throughput:
     return Throughput(sum(b.num_tokens for b in session.batches), time.perf_counter() - t0)
 
 
-def time_scan(session: BenchSession, warmup: int = 1) -> Throughput:
-    """The scan's hooked forward with fresh statistics states over the same batches."""
+def _scan_step(session: BenchSession, states: dict, batch: Any, ctx: Any, geometry: BatchGeometry) -> None:
+    for st in states.values():
+        st.reserve(batch.batch_size)
+    forward_batch(session.model, batch, ctx, geometry, session.device, session.config)
+
+
+def time_scan(session: BenchSession, warmup: int = 1, *, first_token_split: bool = True) -> Throughput:
+    """The scan's hooked forward over the same batches, after ``warmup`` untimed passes (which also
+    compile every kernel specialisation the timed pass meets), with the states reset before timing.
+
+    ``first_token_split=False`` drops the position-0 states of M-eligible sites (to measure their cost).
+    """
     geometry = BatchGeometry()
     cfg = session.config
     with torch.inference_mode():
+        rows = max(b.batch_size for b in session.batches)
         states = build_states(session.specs, cfg, session.num_samples, geometry, session.model.model,
-                              session.device)
+                              session.device, first_token_split=first_token_split,
+                              first_capacity=first_token_capacity(rows))
         ctx = pipeline.new_batch_context()
         with pipeline.attach_hooks(session.model, states, ctx):
-            for batch in session.batches[:warmup]:
-                forward_batch(session.model, batch, ctx, geometry, session.device, cfg)
+            for _ in range(warmup):
+                for batch in session.batches:
+                    _scan_step(session, states, batch, ctx, geometry)
+                flush_all(states)
             _sync(session.device)
             for st in states.values():
                 for s in st.named_states().values():
                     s.reset()
             t0 = time.perf_counter()
             for batch in session.batches:
-                forward_batch(session.model, batch, ctx, geometry, session.device, cfg)
+                _scan_step(session, states, batch, ctx, geometry)
+            flush_all(states)
             _sync(session.device)
             seconds = time.perf_counter() - t0
     return Throughput(sum(b.num_tokens for b in session.batches), seconds)

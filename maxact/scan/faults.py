@@ -55,28 +55,27 @@ class StateGuard:
     states; retrying the halves on top of that would count those rows twice. Before each batch the
     guard copies the live state tensors into preallocated buffers with one ``torch._foreach_copy_``
     (device-side, no host sync, a few launches for all sites) and notes the host-side counters
-    (``host_attrs`` of each holder, e.g. the top-k fill level); after an OOM it puts both back.
+    (e.g. the top-k and position-0 staging fill levels); after an OOM it puts both back.
     Only used on CUDA, where an OOM is catchable.
     """
 
-    def __init__(self, tensors: list[torch.Tensor], holders: list[Any] = (), host_attrs: tuple[str, ...] = ()):
+    def __init__(self, tensors: list[torch.Tensor], host: list[tuple[Any, tuple[str, ...]]] = ()):
         self._live = [t for t in tensors if isinstance(t, torch.Tensor)]
         self._backup = [torch.empty_like(t) for t in self._live]
-        self._holders = list(holders)
-        self._attrs = host_attrs
-        self._host: list[tuple] = []
+        self._host = list(host)          # (object, names of its host-side counters)
+        self._saved: list[tuple] = []
 
     def snapshot(self) -> None:
         if self._live:
             torch._foreach_copy_(self._backup, self._live)
-        self._host = [tuple(getattr(h, a) for a in self._attrs) for h in self._holders]
+        self._saved = [tuple(getattr(obj, a) for a in attrs) for obj, attrs in self._host]
 
     def restore(self) -> None:
         if self._live:
             torch._foreach_copy_(self._live, self._backup)
-        for h, values in zip(self._holders, self._host):
-            for a, v in zip(self._attrs, values):
-                setattr(h, a, v)
+        for (obj, attrs), values in zip(self._host, self._saved):
+            for a, v in zip(attrs, values):
+                setattr(obj, a, v)
 
 
 def is_oom(exc: BaseException) -> bool:

@@ -62,7 +62,8 @@ def site_stats(site: SiteResult) -> dict[str, Any]:
     sun = s.get("sun")
     if sun is not None:
         for paper, ours in _SUN_FIELDS:
-            out[paper] = float(sun[ours])
+            value = sun.get(ours)     # mean/std ratio are None under --token-median candidates
+            out[paper] = float(value) if value is not None else math.nan
     for paper, q in _QUANTILE_FIELDS:
         out[paper] = float(site.quantiles.get(q, math.nan))
     count = int(s["count"])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -53,8 +53,8 @@ class SingleProcess:
     def any(self, flag: bool) -> bool:
         return flag
 
-    def merge_state_dicts(self, local: StateDicts, merge: Callable[[list[StateDicts]], StateDicts]) -> StateDicts | None:
-        return merge([local])
+    def sum(self, value: int) -> int:
+        return value
 
     def gather_object(self, obj: Any) -> list[Any] | None:
         return [obj]
@@ -104,12 +104,10 @@ class TorchDistributed:
         self._dist.all_reduce(t, op=self._dist.ReduceOp.MAX, group=self._cpu_group)
         return bool(t.item())
 
-    def merge_state_dicts(self, local: StateDicts, merge: Callable[[list[StateDicts]], StateDicts]) -> StateDicts | None:
-        """Gather every rank's CPU state dicts on rank 0 and merge them there (None elsewhere)."""
-        cpu = {name: {k: v.detach().cpu() for k, v in sd.items()} for name, sd in local.items()}
-        gathered = [None] * self.world_size if self.is_main else None
-        self._dist.gather_object(cpu, gathered, dst=0, group=self._cpu_group)
-        return merge(gathered) if self.is_main else None
+    def sum(self, value: int) -> int:
+        t = torch.tensor([int(value)], dtype=torch.int64)
+        self._dist.all_reduce(t, op=self._dist.ReduceOp.SUM, group=self._cpu_group)
+        return int(t.item())
 
     def gather_object(self, obj: Any) -> list[Any] | None:
         gathered = [None] * self.world_size if self.is_main else None

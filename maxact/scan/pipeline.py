@@ -10,7 +10,6 @@ import contextlib
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -24,6 +23,14 @@ log = logging.getLogger(__name__)
 # ------------------------------------------------------------------------------------------------
 # device, demo model
 # ------------------------------------------------------------------------------------------------
+
+
+def concrete_device(name: str) -> torch.device:
+    """``cuda`` -> ``cuda:<current index>`` (set_device and per-device caches need an index)."""
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def resolve_device(config: ScanConfig) -> str:
@@ -140,9 +147,6 @@ def live_state(stats: Any) -> tuple[list[torch.Tensor], Any]:
     st = stats.state
     return [getattr(st, name) for name in st.persistent_names()], st
 
-
-def backend_name(config: ScanConfig) -> str:
-    return config.backend
 
 
 # ------------------------------------------------------------------------------------------------

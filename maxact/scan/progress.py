@@ -31,6 +31,11 @@ class Progress:
         if self._bar is not None:
             self._bar.update(tokens * self._world)
 
+    def set_done(self, tokens: int) -> None:
+        """Set the exact token count (all ranks), known at sync points."""
+        if self._bar is not None:
+            self._bar.update(tokens - self._bar.n)
+
     def show_m(self, m: float, site: str | None = None) -> None:
         if self._bar is not None:
             post = {"M": f"{m:.4g}"}

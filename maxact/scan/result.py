@@ -146,6 +146,12 @@ class ScanResult:
                 out[comp] = (value, where.name)
         return out
 
+    def table(self) -> str:
+        """The end-of-scan text table (M, carrier, per-component maxima, range flags, NaN/inf)."""
+        from maxact.scan.table import render
+
+        return render(self)
+
     def never_fired(self) -> list[str]:
         """Requested sites whose hook never received a tensor (hook coverage)."""
         return [s.name for s in self.sites.values() if s.calls == 0]

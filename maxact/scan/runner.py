@@ -14,8 +14,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,13 +24,14 @@ import torch
 
 from maxact.scan import checkpoint as ckpt_io
 from maxact.scan import parallel, pipeline
-from maxact.scan.config import QUANTILES, ScanConfig
+from maxact.scan.config import ScanConfig
 from maxact.scan.errors import ScanError, ScanInterrupted
 from maxact.scan.faults import StateGuard, StopRequest, run_splitting_on_oom
 from maxact.scan.preflight import make_plan
 from maxact.scan.progress import Progress
-from maxact.scan.result import FLOAT16_MAX, M_COMPONENTS, SampleTable, ScanResult, SiteResult
+from maxact.scan.result import M_COMPONENTS, ScanResult
 from maxact.scan.sitestate import FIRST_SUFFIX, BatchGeometry, SiteState, device_of_module, stats_kwargs
+from maxact.scan.summarize import build_result
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +134,7 @@ def plan_hash(batches: Sequence[Any]) -> str:
 
 
 def _scan(config: ScanConfig, ctx: Any, probes: LoopProbes, started: float) -> ScanResult | None:
-    device = torch.device(parallel.local_device(pipeline.resolve_device(config), ctx))
+    device = pipeline.concrete_device(parallel.local_device(pipeline.resolve_device(config), ctx))
     if device.type == "cuda":
         torch.cuda.set_device(device)
     torch.manual_seed(config.seed)
@@ -152,7 +151,8 @@ def _scan(config: ScanConfig, ctx: Any, probes: LoopProbes, started: float) -> S
 
     geometry = BatchGeometry()
     num_samples = corpus.num_samples
-    states = build_states(specs, config, num_samples, geometry, loaded.model, device)
+    capacity = first_token_capacity(plan.max_batch_rows)
+    states = build_states(specs, config, num_samples, geometry, loaded.model, device, first_capacity=capacity)
     run = _Run()
 
     done: set[int] = set()
@@ -191,7 +191,7 @@ def _scan(config: ScanConfig, ctx: Any, probes: LoopProbes, started: float) -> S
         raise RuntimeError(f"scan finished {len(all_done)} of {len(batches)} batches, "
                            f"{totals['tokens']} of {plan.num_tokens} tokens")
 
-    result = _build_result(config, loaded, corpus, specs, merged, device, plan, ctx, totals,
+    result = build_result(config, loaded, corpus, specs, merged, device, plan, ctx, totals,
                            wall=time.perf_counter() - started)
     _finish(config, result)
     return result
@@ -203,7 +203,10 @@ def _batch_tokens(batches: Any, i: int) -> int:
 
 
 def build_states(specs: list[Any], config: ScanConfig, num_samples: int, geometry: BatchGeometry,
-                  model: torch.nn.Module, default_device: torch.device) -> dict[str, SiteState]:
+                 model: torch.nn.Module, default_device: torch.device, *,
+                 first_token_split: bool = True, first_capacity: int = 256) -> dict[str, SiteState]:
+    """One SiteState per site, on its module's device; M-eligible sites keep position 0 apart
+    (``first_token_split=False`` only for benchmarks that measure what that costs)."""
     from maxact_kernels import ActivationStats
 
     states: dict[str, SiteState] = {}
@@ -214,8 +217,8 @@ def build_states(specs: list[Any], config: ScanConfig, num_samples: int, geometr
         def make(spec=spec, dev=dev, kwargs=kwargs):
             return ActivationStats(spec.num_channels, device=dev, **kwargs)
 
-        split_first = spec.component in M_COMPONENTS
-        states[spec.name] = SiteState(spec, make, split_first, geometry)
+        split_first = first_token_split and spec.component in M_COMPONENTS
+        states[spec.name] = SiteState(spec, make, split_first, geometry, first_capacity)
     return states
 
 
@@ -254,6 +257,7 @@ def _loop(config: ScanConfig, ctx: Any, loaded: Any, batches: Any, local: list[i
     def on_split(_batch: Any) -> None:
         run.oom_splits += 1
 
+    base_tokens = sum(_batch_tokens(batches, i) for i in done)
     t0 = time.perf_counter()
     with StopRequest() as stop, pipeline.attach_hooks(loaded, states, batch_ctx) as handle:
         run.handle = handle
@@ -261,6 +265,8 @@ def _loop(config: ScanConfig, ctx: Any, loaded: Any, batches: Any, local: list[i
             if step < len(local):
                 index = local[step]
                 batch = batches[index]
+                for st in states.values():
+                    st.reserve(batch.batch_size)
                 run_splitting_on_oom(batch, forward, split, guard, on_split)
                 run.finished.append(index)
                 run.tokens += batch.num_tokens
@@ -269,8 +275,10 @@ def _loop(config: ScanConfig, ctx: Any, loaded: Any, batches: Any, local: list[i
                     probes.after_batch(step, index)
             last = step + 1 == steps
             if (step + 1) % config.sync_every == 0 or last:
-                m, where = _running_max(m_states, m_names)   # the one host sync of this stretch
+                m, where = _running_max(m_states, m_names, states)   # the one host sync of this stretch
                 progress.show_m(m, where)
+                if ctx.world_size > 1:
+                    progress.set_done(base_tokens + ctx.sum(run.tokens))
             stop_now = ctx.any(stop.requested)
             periodic = config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and not last
             if stop_now or periodic:
@@ -281,16 +289,29 @@ def _loop(config: ScanConfig, ctx: Any, loaded: Any, batches: Any, local: list[i
                     raise ScanInterrupted(f"stopped after {len(done) + len(run.finished)} batches; "
                                           f"resume with --resume" + (f" (checkpoint {path})" if path else ""),
                                           str(path) if path else None)
+        flush_all(states)   # the plan's end: the same point whether or not the scan was resumed
     run.loop_time_s += _elapsed(t0, device)
 
 
 def _make_guard(states: dict[str, SiteState]) -> StateGuard:
-    tensors, holders = [], []
+    tensors, host = [], []
     for st in states.values():
         t, h = st.live()
         tensors.extend(t)
-        holders.extend(h)
-    return StateGuard(tensors, holders, host_attrs=("topk_fill",))
+        host.extend(h)
+    return StateGuard(tensors, host)
+
+
+def first_token_capacity(max_batch_rows: int) -> int:
+    """Rows of position-0 staging per site: about 32 batches' worth, at most 256 (fixed by the plan
+    alone, so the folding schedule, and with it every float sum, is the same on resume)."""
+    return max(max_batch_rows, min(256, 32 * max_batch_rows))
+
+
+def flush_all(states: dict[str, SiteState]) -> None:
+    """Fold every staged position-0 row into its state (between batches only)."""
+    for st in states.values():
+        st.flush()
 
 
 def _elapsed(t0: float, device: torch.device) -> float:
@@ -326,11 +347,22 @@ def forward_batch(loaded: Any, batch: Any, batch_ctx: Any, geometry: BatchGeomet
     loaded.forward(dev["input_ids"], dev.get("attention_mask"))
 
 
-def _running_max(m_states: list[Any], names: list[str]) -> tuple[float, str | None]:
-    """Running M and its site with one host sync (only at the progress bar's sync points)."""
+def _running_max(m_states: list[Any], names: list[str], states: dict[str, SiteState]) -> tuple[float, str | None]:
+    """Running M and its site with one host sync (only at the progress bar's sync points).
+
+    Position-0 rows still staged count too (read from the staging buffers, not folded: folding
+    follows the plan alone, see SiteState)."""
     if not m_states:
         return math.nan, None
-    vals = torch.stack([pipeline.abs_max_tensor(st).to("cpu", torch.float64) for st in m_states])
+    dev = m_states[0].device
+    tensors = [pipeline.abs_max_tensor(st) for st in m_states]
+    for st in states.values():
+        staged = st.staged_abs_max()
+        if staged is not None:
+            tensors.append(staged)
+            names = names + [st.name]
+    vals = torch.stack([t.to(dev, non_blocking=True) for t in tensors])
+    vals = vals.to("cpu", torch.float64)
     vals = torch.nan_to_num(vals, nan=-1.0)
     i = int(torch.argmax(vals))
     m = float(vals[i])
@@ -366,17 +398,27 @@ def _factories(states: dict[str, SiteState]) -> dict[str, Callable]:
     return out
 
 
+STAGED_SUFFIX = "#pos0-staged"
+
+
 def _save_checkpoint(config: ScanConfig, ctx: Any, states: dict[str, SiteState], run: _Run,
                      phash: str, done: set[int]) -> Path | None:
+    if ctx.world_size > 1:
+        flush_all(states)   # ranks' staged rows are folded before the merge (sums then agree to 1e-12)
     named = _named_states(states)
     local_sd = {name: st.state_dict() for name, st in named.items()}
+    if ctx.world_size == 1:
+        for name, st in states.items():
+            staged = st.staged()
+            if staged is not None:
+                local_sd[name + STAGED_SUFFIX] = staged
     parts = ctx.gather_object(local_sd) if ctx.world_size > 1 else [local_sd]
     finished = ctx.gather_object(run.finished)
     ranks = ctx.gather_object(run.counters(states))
     path = None
     if ctx.is_main:
         if len(parts) == 1:
-            merged_sd = parts[0]
+            merged_sd = parts[0]   # single process: states and staged rows as they are
         else:
             merged = _merge_state_dicts(parts, _factories(states))
             merged_sd = {name: st.state_dict() for name, st in merged.items()}
@@ -404,6 +446,9 @@ def _resume(config: ScanConfig, ctx: Any, states: dict[str, SiteState], phash: s
                             f"(e.g. {sorted(missing)[0]})")
         for name, st in named.items():
             st.load_state_dict(ck.states[name])
+        for name, st in states.items():
+            if name + STAGED_SUFFIX in ck.states:
+                st.load_staged(ck.states[name + STAGED_SUFFIX])
         info = {"finished": ck.finished_batches, "counters": ck.counters, "world_size": ck.world_size}
         if ck.world_size != ctx.world_size:
             log.info("resuming a %d-rank checkpoint on %d ranks: the remaining batches are re-sharded "
@@ -429,110 +474,6 @@ def _collect(ctx: Any, states: dict[str, SiteState]) -> dict[str, Any] | None:
 # ------------------------------------------------------------------------------------------------
 # results
 # ------------------------------------------------------------------------------------------------
-
-
-def _site_result(spec: Any, states: dict[str, Any], totals: dict[str, Any], config: ScanConfig) -> SiteResult:
-    from maxact_kernels import ActivationStats
-
-    main = states[spec.name]
-    first = states.get(spec.name + FIRST_SUFFIX)
-    first_token = None
-    if first is not None:
-        report = ActivationStats.merge([main, first]) if config.skip_first_tokens == 0 else main
-        without = pipeline.abs_max_value(main)
-        pos0 = pipeline.abs_max_value(first)
-        with_pos0 = max((v for v in (without, pos0) if not math.isnan(v)), default=math.nan)
-        first_token = {"abs_max_without_pos0": without, "abs_max_pos0": pos0,
-                       "abs_max_with_pos0": with_pos0}
-    else:
-        report = main
-    summary = report.summary()
-    qs = np.atleast_1d(report.quantile(list(QUANTILES)))
-    return SiteResult(name=spec.name, component=spec.component, layer=spec.layer,
-                      module=spec.module_name, num_channels=spec.num_channels, summary=summary,
-                      quantiles={q: float(v) for q, v in zip(QUANTILES, qs)},
-                      calls=int(totals["calls"].get(spec.name, 0)), first_token=first_token,
-                      expert_tokens=totals["expert_tokens"].get(spec.name))
-
-
-def _build_result(config: ScanConfig, loaded: Any, corpus: Any, specs: list[Any], merged: dict[str, Any],
-                  device: torch.device, plan: Any, ctx: Any, totals: dict[str, Any], *, wall: float) -> ScanResult:
-    sites = {spec.name: _site_result(spec, merged, totals, config) for spec in specs}
-    samples = SampleTable(category=corpus.category_codes(), category_names=corpus.category_names,
-                          num_tokens=corpus.lengths(), corpus_index=corpus.corpus_indices())
-    metadata = _metadata(config, loaded, corpus, device, plan, ctx, wall, totals["loop_time_s"],
-                         totals["tokens"], totals["oom_splits"])
-    result = ScanResult(config=config, metadata=metadata, sites=sites, samples=samples)
-    result.warnings.extend(_warnings(config, result))
-    return result
-
-
-def _metadata(config: ScanConfig, loaded: Any, corpus: Any, device: torch.device, plan: Any, ctx: Any,
-              wall: float, loop_time: float, tokens: int, oom_splits: int) -> dict[str, Any]:
-    import maxact
-
-    try:
-        import transformers
-        tf_version = transformers.__version__
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        tf_version = None
-    corpus_md = corpus.metadata()
-    return {
-        "model_name": loaded.name,
-        "model_path": loaded.path,
-        "model_type": loaded.model_type,
-        "num_layers": loaded.num_layers,
-        "hidden_size": loaded.hidden_size,
-        "dtype": config.dtype,
-        "attn_implementation": loaded.attn_implementation,
-        "device": _device_text(device, config),
-        "maxact_version": maxact.__version__,
-        "torch_version": torch.__version__,
-        "transformers_version": tf_version,
-        "backend": pipeline.backend_name(config),
-        "corpus": corpus_md,
-        "max_seq_len": config.max_seq_len,
-        "tokens_per_batch": config.tokens_per_batch,
-        "skip_first_tokens": config.skip_first_tokens,
-        "num_batches": plan.num_batches,
-        "padding_fraction": plan.padding_fraction,
-        "longest_sample": plan.longest_sample,
-        "num_tokens_scanned": tokens,
-        "world_size": ctx.world_size,
-        "oom_splits": oom_splits,
-        "wall_time_s": wall,
-        "scan_time_s": loop_time,
-        "tokens_per_s": tokens / loop_time if loop_time > 0 else math.nan,
-        "sun": {"t_val": config.sun_t_val, "t_ratio": config.sun_t_ratio},
-        "hostname": platform.node(),
-        "created_unix": time.time(),
-        "config": config.to_dict(),
-    }
-
-
-def _device_text(device: torch.device, config: ScanConfig) -> str:
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        return f"{device} ({name})" + (f", device_map={config.device_map}" if config.device_map else "")
-    return f"{device} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-
-
-def _warnings(config: ScanConfig, result: ScanResult) -> list[str]:
-    out = []
-    m = result.global_max_abs
-    has_inf = any(int(s.summary["posinf_count"]) + int(s.summary["neginf_count"]) for s in result.m_sites)
-    if config.dtype == "float16" and (has_inf or (not math.isnan(m) and m >= FLOAT16_MAX)):
-        out.append(f"float16 run: activations reach {m:.6g} (float16 max 65504) or overflow to inf; "
-                   "the statistics are clipped. Scan with --dtype bfloat16.")
-    bad = result.nonfinite_sites()
-    if bad:
-        out.append(f"NaN/inf activations in {len(bad)} site(s), first {bad[0].name} "
-                   f"(counted, excluded from sums; stats.json: nonfinite)")
-    never = result.never_fired()
-    if never:
-        out.append(f"{len(never)} hooked site(s) never received a tensor (the forward bypasses them): "
-                   + ", ".join(never[:6]) + (" ..." if len(never) > 6 else ""))
-    return out
 
 
 def _finish(config: ScanConfig, result: ScanResult) -> None:

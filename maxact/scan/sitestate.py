@@ -87,9 +87,20 @@ def stats_kwargs(config: Any, spec: Any, num_samples: int) -> dict[str, Any]:
 
 
 class SiteState:
-    """The object the hook layer updates for one site (duck-types ``ActivationStats.update``)."""
+    """The object the hook layer updates for one site (duck-types ``ActivationStats.update``).
 
-    def __init__(self, spec: Any, make: Callable[[], Any], split_first: bool, geometry: BatchGeometry):
+    Position-0 rows are not folded into ``first`` batch by batch: each update only copies them
+    (one ``index_select`` into a staging buffer, plus their sample ids) and ``flush()`` folds the
+    staged rows in one update, sorted by sample id (the order ties break in). The loop flushes
+    before a batch that would overflow the buffer (``reserve``) and at the end of the plan, so the
+    schedule depends on the batch sequence alone, and a resumed scan (whose checkpoint holds the
+    staged rows) folds the same rows in the same updates as an uninterrupted one. Flushing happens
+    only between batches, so the OOM guard can undo a failed batch by restoring ``fill`` (staged
+    rows below it are never overwritten inside a batch).
+    """
+
+    def __init__(self, spec: Any, make: Callable[[], Any], split_first: bool, geometry: BatchGeometry,
+                 first_capacity: int = 256):
         self.spec = spec
         self.name = spec.name
         self.make = make
@@ -97,6 +108,11 @@ class SiteState:
         self.first = make() if split_first else None
         self.geometry = geometry
         self.calls = 0
+        self.capacity = max(1, int(first_capacity))
+        self.fill = 0                          # staged position-0 rows (host-side count)
+        self._rows: torch.Tensor | None = None
+        self._sids: torch.Tensor | None = None
+        self._zeros: torch.Tensor | None = None
 
     @property
     def device(self) -> torch.device:
@@ -115,11 +131,66 @@ class SiteState:
             # Not one row per token of the batch (an unusual module): no position split possible.
             self.main.update(x, mask=mask, sample_ids=sample_ids, positions=positions)
             return
-        rest_mask, first_index, first_sids, first_pos = g.on(rows.device)
+        rest_mask, first_index, first_sids, _ = g.on(rows.device)
         self.main.update(rows, mask=rest_mask, sample_ids=sample_ids, positions=positions)
-        if first_index.shape[0]:
-            self.first.update(rows.index_select(0, first_index), mask=None,
-                              sample_ids=first_sids, positions=first_pos)
+        n = int(first_index.shape[0])
+        if n:
+            self._stage(rows, first_index, first_sids, n)
+
+    def _stage(self, rows: torch.Tensor, index: torch.Tensor, sids: torch.Tensor, n: int) -> None:
+        if self._rows is None or self._rows.dtype != rows.dtype or self._rows.device != rows.device:
+            self.flush()
+            cap = max(self.capacity, n)
+            self._rows = torch.empty((cap, rows.shape[1]), dtype=rows.dtype, device=rows.device)
+            self._sids = torch.empty(cap, dtype=torch.int64, device=rows.device)
+            self._zeros = torch.zeros(cap, dtype=torch.int64, device=rows.device)
+        if self.fill + n > self._rows.shape[0]:
+            # Only when one batch delivers more than reserve() planned for (a module called twice).
+            self.flush()
+        end = self.fill + n
+        torch.index_select(rows, 0, index, out=self._rows[self.fill:end])
+        self._sids[self.fill:end].copy_(sids)
+        self.fill = end
+
+    def reserve(self, rows: int) -> None:
+        """Called between batches: make room for ``rows`` more staged rows (flushing if needed)."""
+        if self.first is not None and self._rows is not None and self.fill + rows > self._rows.shape[0]:
+            self.flush()
+
+    def flush(self) -> None:
+        """Fold the staged position-0 rows into ``first`` (rows sorted by sample id)."""
+        if self.first is None or self.fill == 0:
+            return
+        n, self.fill = self.fill, 0
+        sids = self._sids[:n]
+        order = torch.argsort(sids, stable=True)
+        self.first.update(self._rows[:n].index_select(0, order), mask=None,
+                          sample_ids=sids.index_select(0, order), positions=self._zeros[:n])
+
+    def staged_abs_max(self) -> torch.Tensor | None:
+        """0-d device tensor: max |x| of the staged rows (None when nothing is staged); no sync."""
+        if self.first is None or self.fill == 0:
+            return None
+        return self._rows[:self.fill].abs().amax().float()
+
+    def staged(self) -> dict[str, torch.Tensor] | None:
+        """The staged position-0 rows and their sample ids (for a checkpoint), or None."""
+        if self.first is None or self.fill == 0:
+            return None
+        return {"rows": self._rows[:self.fill].clone(), "sample_ids": self._sids[:self.fill].clone()}
+
+    def load_staged(self, staged: dict[str, torch.Tensor]) -> None:
+        """Put checkpointed staged rows back, so the resumed scan folds them exactly as an
+        uninterrupted one would (same rows in the same updates: bit-identical sums)."""
+        rows = staged["rows"].to(self.device)
+        n = int(rows.shape[0])
+        cap = max(self.capacity, n)
+        self._rows = torch.empty((cap, rows.shape[1]), dtype=rows.dtype, device=self.device)
+        self._sids = torch.empty(cap, dtype=torch.int64, device=self.device)
+        self._zeros = torch.zeros(cap, dtype=torch.int64, device=self.device)
+        self._rows[:n].copy_(rows)
+        self._sids[:n].copy_(staged["sample_ids"].to(self.device))
+        self.fill = n
 
     def named_states(self) -> dict[str, Any]:
         """Every ActivationStats of this site under its checkpoint name."""
@@ -128,16 +199,16 @@ class SiteState:
             out[self.name + FIRST_SUFFIX] = self.first
         return out
 
-    def live(self) -> tuple[list[torch.Tensor], list[Any]]:
-        """Live state tensors and their holders (for the OOM guard's snapshot)."""
+    def live(self) -> tuple[list[torch.Tensor], list[tuple[Any, tuple[str, ...]]]]:
+        """Live state tensors and (object, host-side attributes) pairs for the OOM guard's snapshot."""
         from maxact.scan.pipeline import live_state
 
-        tensors, holders = [], []
+        tensors, host = [], [(self, ("fill",))]
         for st in self.named_states().values():
-            t, h = live_state(st)
+            t, holder = live_state(st)
             tensors.extend(t)
-            holders.append(h)
-        return tensors, holders
+            host.append((holder, ("topk_fill",)))
+        return tensors, host
 
 
 def device_of_module(model: torch.nn.Module, module_name: str, default: torch.device) -> torch.device:

@@ -27,16 +27,29 @@ def range_flags(m: float) -> list[str]:
     return flags
 
 
+def _overall(result: ScanResult) -> tuple[float, object]:
+    """Largest |a| over every site (used when no M-eligible site was hooked, e.g. linear inputs)."""
+    best, where = math.nan, None
+    for s in result.sites.values():
+        if not math.isnan(s.abs_max) and (where is None or s.abs_max > best):
+            best, where = s.abs_max, s
+    return best, where
+
+
 def carrier_line(result: ScanResult) -> str:
     m, site = result.global_max
+    label = "M"
     if site is None:
-        return "M = -  (no M-eligible site saw a value)"
+        m, site = _overall(result)
+        label = "no M-eligible site; max |a| over all sites"
+        if site is None:
+            return "M = -  (no site saw a value)"
     where = ""
     top = site.summary.get("topk")
     if top is not None and len(top["abs"]):
         where = (f"; sample {int(top['sample'][0])}, position {int(top['position'][0])}, "
                  f"channel {int(top['channel'][0])}")
-    return f"M = {fmt(m)} at {site.name} (value {fmt(site.signed_max)}{where})"
+    return f"{label} = {fmt(m)} at {site.name} (value {fmt(site.signed_max)}{where})"
 
 
 def render(result: ScanResult) -> str:
@@ -55,8 +68,10 @@ def render(result: ScanResult) -> str:
         lines.append(f"{comp:<13}{fmt(value):>12}  {'yes' if comp in M_COMPONENTS else 'no':<5} {where}")
     lines.append("")
     m = result.global_max_abs
+    if math.isnan(m):
+        m = _overall(result)[0]
     over = range_flags(m)
-    lines.append("range: M exceeds " + ", ".join(over) if over else "range: M fits float16 and FP8 E4M3")
+    lines.append("range: max |a| exceeds " + ", ".join(over) if over else "range: max |a| fits float16 and FP8 E4M3")
     if "float16" in " ".join(over) or _has_inf(result):
         lines.append("  float16 cannot hold these activations: run (and scan) this model in bfloat16")
     bad = result.nonfinite_sites()

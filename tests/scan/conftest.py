@@ -2,24 +2,8 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-import numpy as np
 import pytest
-
-
-def write_corpus(path: Path, lengths, *, vocab: int = 256, seed: int = 0, categories=("math", "code", "web"),
-                 extra_lines=()) -> Path:
-    """A JSONL corpus of random token ids (ids >= 3: no special tokens) with the given lengths."""
-    rng = np.random.default_rng(seed)
-    with open(path, "w", encoding="utf-8") as fh:
-        for i, n in enumerate(lengths):
-            rec = {"input_ids": rng.integers(3, vocab, int(n)).tolist(), "category": categories[i % len(categories)]}
-            fh.write(json.dumps(rec) + "\n")
-        for line in extra_lines:
-            fh.write(line + "\n")
-    return path
+from scan_helpers import write_corpus
 
 
 @pytest.fixture
@@ -32,3 +16,17 @@ def corpus_file(tmp_path):
 def _private_cache(tmp_path, monkeypatch):
     # Token caches of the corpus module go to the test's folder, never to ~/.cache.
     monkeypatch.setenv("MAXACT_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(autouse=True)
+def _greedy_batches(monkeypatch):
+    """Pack batches by token budget alone so these tiny corpora produce padded rows (the default 1 %
+    padding cap would give every odd-length sample its own batch), exercising the row masks."""
+    from maxact import batching
+    from maxact.scan import pipeline
+
+    def make(corpus, config, pad_token_id):
+        return batching.make_batches(corpus, config.tokens_per_batch, pad_token_id=pad_token_id or 0,
+                                     max_padding=None)
+
+    monkeypatch.setattr(pipeline, "make_batches", make)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from capture import Capture
+from scan_capture import Capture
 from safetensors.numpy import load_file
-from scan_reference import QUANTILES, site_stats
+from scan_reference import site_stats
 
 from maxact.scan import ScanConfig
 from maxact.scan.runner import LoopProbes, scan
@@ -92,8 +92,10 @@ def test_every_statistic_matches_float64_reference(tmp_path, corpus_file, model)
             assert ft["abs_max_with_pos0"] == entry["abs_max"]
         checked += 1
     assert checked == len(doc["sites"]) >= 10
-    if "moe" in model:
-        assert any(e["component"] == "router" for e in doc["sites"].values())
+    if "moe" in model:   # router sites also carry the tokens routed to each expert (top-2 of 4)
+        routers = [e for e in doc["sites"].values() if e["component"] == "router"]
+        assert routers and all(len(e["expert_tokens"]) == 4 and sum(e["expert_tokens"]) == 2 * 83
+                               for e in routers)
     # M and its carrier over the M-eligible sites only
     m_sites = {k: v for k, v in doc["sites"].items() if v["component"] in M_COMPONENTS}
     carrier = max(m_sites, key=lambda k: m_sites[k]["abs_max"])

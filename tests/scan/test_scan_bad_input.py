@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 import sys
 
-import pytest
 import torch
-from conftest import write_corpus
+from scan_helpers import write_corpus
 
 from maxact.scan import ScanConfig
 from maxact.scan.__main__ import main

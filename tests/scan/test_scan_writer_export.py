@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fake_results import fake_result
+from scan_fake_results import fake_result
 from safetensors.numpy import load_file
 
 from maxact.scan.paper_export import export_paper
