@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from maxact.cache import cache_root as shared_cache_root
 from maxact.discovery import SiteDiscoveryError, find_backbone, map_model
 
 __all__ = ["DTYPES", "ATTN_IMPLEMENTATIONS", "ModelLoadError", "LoadedModel", "load_model", "cache_root"]
@@ -117,10 +118,8 @@ def _resolve_device(device: str | torch.device | None, device_map: Any) -> str:
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Root of maxact's caches: ``cache_dir``, else ``$MAXACT_CACHE_DIR``, else ``~/.cache/maxact``."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    return Path(os.environ.get("MAXACT_CACHE_DIR") or Path.home() / ".cache" / "maxact")
+    """Root of maxact's caches: ``cache_dir``, else ``$MAXACT_CACHE``, else ``~/.cache/maxact``."""
+    return Path(cache_dir) if cache_dir is not None else shared_cache_root()
 
 
 # ---------------------------------------------------------------------------------------------

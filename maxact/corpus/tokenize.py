@@ -25,6 +25,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from maxact.cache import cache_root
+
 from .readers import BadRecords, CorpusReader, Record
 from .base import CorpusError
 
@@ -42,12 +44,6 @@ PROBE_STRINGS = (
     "Überprüfung, naïve café, ¿qué tal? नमस्ते こんにちは",
     "emoji 🙂🚀 and symbols <>&{}[]|\\~^",
 )
-
-
-def cache_root() -> Path:
-    """Root of maxact's caches: $MAXACT_CACHE, else ~/.cache/maxact."""
-    env = os.environ.get("MAXACT_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "maxact"
 
 
 def encode_texts(tokenizer: Any, texts: Sequence[str]) -> list[np.ndarray]:

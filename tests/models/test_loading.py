@@ -195,10 +195,10 @@ def test_demo_without_its_package_says_how_to_install(monkeypatch):
 
 
 def test_cache_root_resolution(monkeypatch, tmp_path):
-    monkeypatch.setenv("MAXACT_CACHE_DIR", str(tmp_path / "env"))
+    monkeypatch.setenv("MAXACT_CACHE", str(tmp_path / "env"))
     assert models.cache_root() == tmp_path / "env"
     assert models.cache_root(tmp_path / "arg") == tmp_path / "arg"
-    monkeypatch.delenv("MAXACT_CACHE_DIR")
+    monkeypatch.delenv("MAXACT_CACHE")
     assert models.cache_root() == models.Path.home() / ".cache" / "maxact"
 
 
