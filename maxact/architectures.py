@@ -62,6 +62,14 @@ _FULL_SIZE = [
         use_sliding_window=False, sliding_window=131072, max_window_layers=28, hidden_act="silu",
         bos_token_id=151643, eos_token_id=151643,
     )),
+    # Larger than one 80 GB GPU (about 145 GB in bf16): scanned with --device-map auto.
+    Architecture("qwen2.5-72b", "qwen2", checkpoint="Qwen/Qwen2.5-72B", config=dict(
+        vocab_size=152064, hidden_size=8192, intermediate_size=29568, num_hidden_layers=80,
+        num_attention_heads=64, num_key_value_heads=8, max_position_embeddings=131072,
+        rms_norm_eps=1e-6, rope_parameters=_rope(1_000_000.0), tie_word_embeddings=False,
+        use_sliding_window=False, sliding_window=131072, max_window_layers=80, hidden_act="silu",
+        bos_token_id=151643, eos_token_id=151643,
+    )),
     Architecture("qwen3-8b", "qwen3", checkpoint="Qwen/Qwen3-8B", config=dict(
         vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
         num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,

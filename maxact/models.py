@@ -361,12 +361,22 @@ def _load_random(arch_name: str, *, dtype: tuple[str, torch.dtype], attn: str, d
 
     if arch_name not in ARCHITECTURES:
         raise ModelLoadError(f"unknown architecture {arch_name!r} for random:<arch>; known: {', '.join(ARCHITECTURES)}")
-    if device_map is not None:
-        raise ModelLoadError("device_map is not supported for random:<arch> models; pass --device instead")
+    if device_map not in (None, "auto"):
+        raise ModelLoadError("random:<arch> models take device_map='auto' or a --device")
     try:
         config = build_config(arch_name)
     except ValueError as exc:
         raise ModelLoadError(_one_line(exc)) from None
+    if device_map == "auto":   # larger than one GPU: layers built on their GPUs (maxact.random_spread)
+        from maxact.random_spread import build_spread
+
+        try:
+            model = build_spread(config, dtype=dtype[1], attn=attn, seed=seed, build=lambda cfg: _with_attn_fallback(
+                lambda backend: AutoModel.from_config(cfg, dtype=dtype[1], attn_implementation=backend), attn))
+        except (ValueError, ImportError, RuntimeError) as exc:
+            raise ModelLoadError(f"cannot spread random:{arch_name} over the GPUs: {_one_line(exc)}") from None
+        return _finish(model, loaded_as_base=True, tokenizer=None, name=f"random-{arch_name}", source="random",
+                       path=f"random:{arch_name}", dtype=dtype[0], device="auto")
     torch.manual_seed(seed)
     try:
         # Building under the target device initialises the weights there (no host copy of 8B params).

@@ -30,7 +30,8 @@ MAXACT_SCHEMA_PREFIX = "maxact.stats/"
 STATS_JSON = "stats.json"
 SIDECAR = "stats.safetensors"
 PAPER_SUFFIX = "_activation_stats.json"
-_MAXACT_EXTRAS = ("first_token", "component_max_abs", "nonfinite", "coverage", "warnings")
+_MAXACT_EXTRAS = ("first_token", "component_max_abs", "nonfinite", "coverage", "warnings", "experts",
+                  "bootstrap_m", "range_flags")
 
 # Forward order of components inside one layer: attention runs first, the gate projection and the
 # router belong to the MLP block, the MLP output precedes the residual sum (hidden).
@@ -94,6 +95,7 @@ class SiteStats:
     abs_hist: np.ndarray | None = None
     channel_abs_max: np.ndarray | None = None
     sample_abs_max: np.ndarray | None = None
+    expert_tokens: list[int] | None = None  # router sites of a maxact scan: real tokens routed to each expert
 
     @property
     def signed_peak(self) -> float:
@@ -263,6 +265,7 @@ def _load_maxact(path: Path, data: dict) -> Checkpoint:
                 abs_hist=tensors.get(f"{name}/abs_hist"),
                 channel_abs_max=tensors.get(f"{name}/channel_abs_max"),
                 sample_abs_max=tensors.get(f"{name}/sample_abs_max"),
+                expert_tokens=[int(v) for v in s["expert_tokens"]] if s.get("expert_tokens") is not None else None,
             )
         )
     samples = None

@@ -1,5 +1,6 @@
 """Analyses of activation statistics: M and its carrier, layerwise trajectories, the Sun criterion,
-pair ratios, exact quantization error from histograms, range flags, and the stability of M.
+pair ratios, exact quantization error from histograms, range flags, the stability of M, and MoE
+expert coverage.
 
 Every function takes :class:`maxact.results.Checkpoint` objects (``maxact.results.load_result``)
 or plain arrays, and returns numbers, so the report, the model card and users share one API.
@@ -16,6 +17,7 @@ from maxact.analysis.carriers import (
     top_entries,
     top_tokens,
 )
+from maxact.analysis.experts import DEFAULT_MIN_EXPERT_TOKENS, ExpertCoverage, ExpertLayer, expert_coverage
 from maxact.analysis.families import FAMILY_ORDER, family_of, family_sort_key, is_moe
 from maxact.analysis.pairs import Pair, load_pairs, pair_ratios
 from maxact.analysis.quant import (
@@ -69,6 +71,7 @@ from maxact.analysis.trajectories import (
 __all__ = [
     "M_EXCLUDED_COMPONENTS", "Carrier", "carrier_counts", "component_peaks", "global_max", "m_sites",
     "top_channels", "top_entries", "top_tokens",
+    "DEFAULT_MIN_EXPERT_TOKENS", "ExpertCoverage", "ExpertLayer", "expert_coverage",
     "FAMILY_ORDER", "family_of", "family_sort_key", "is_moe",
     "Pair", "load_pairs", "pair_ratios",
     "DEFAULT_FORMATS", "DEFAULT_POLICIES", "FORMATS", "QuantRow", "clip_for_policy", "get_format", "mse_clip",

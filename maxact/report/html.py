@@ -1,5 +1,6 @@
 """report.html: one self-contained page (plotly's JavaScript inline, no network) with the figures
-and the tables (carriers, pairs, quantization, range flags, stability, top tokens and channels)."""
+and the tables (carriers, pairs, quantization, range flags, stability, top tokens and channels,
+MoE coverage)."""
 
 from __future__ import annotations
 
@@ -257,6 +258,11 @@ def _token_text(row: dict) -> str:
         parts.append(f"<code>{_e(repr(str(tok)))}</code>")
     if ctx:
         parts.append(f'<span class="note">{_e(ctx)}</span>')
+    elif row.get("context_ids") and row.get("context_start") is not None:
+        # No tokenizer (random model, pre-tokenized corpus): the ids around the token, the token in brackets.
+        at = int(row.get("position", -1)) - int(row["context_start"])
+        ids = [f"[{t}]" if i == at else str(t) for i, t in enumerate(row["context_ids"])]
+        parts.append(f'<span class="note">ids {_e(" ".join(ids))}</span>')
     return " ".join(parts) or "&ndash;"
 
 
@@ -269,18 +275,72 @@ def tokens_section(data: ReportData) -> str:
         parts.append(f"<h3>{_e(a.name)}</h3>")
         if a.top_tokens:
             rows = [[str(i), _n(t.get("abs")), _n(t.get("value")), f"<code>{_e(t['site'])}</code>",
-                     _id(t.get("sample")), _id(t.get("position")), _id(t.get("channel")),
-                     _id(t.get("token_id")), _token_text(t), _id(t.get("corpus_index")), _id(t.get("entries"))]
+                     _id(t.get("layer")), _id(t.get("sample")), _id(t.get("position")), _id(t.get("channel")),
+                     _id(t.get("token_id")), _token_text(t), _id(t.get("corpus_index")),
+                     _e(t["source"]) if t.get("source") else "&ndash;", _id(t.get("entries"))]
                     for i, t in enumerate(a.top_tokens, 1)]
-            parts.append(table(["#", "|x|", "value", "site", "sample", "position", "channel", "token id", "token",
-                                "corpus index", "top-k entries"], rows,
-                               numeric=[True, True, True, False, True, True, True, True, False, True, True]))
+            parts.append('<p class="note">Each token (sample, position) holding top-k values, once, with its '
+                         "largest entry; the context shows up to 4 tokens before and 2 after, the token marked "
+                         "&#x27e6;&hellip;&#x27e7; (token ids when the model has no tokenizer). Corpus index: the "
+                         "record in the corpus source.</p>")
+            parts.append(table(["#", "|x|", "value", "site", "layer", "sample", "position", "channel", "token id",
+                                "token and context", "corpus index", "source", "top-k entries"], rows,
+                               numeric=[True, True, True, False, True, True, True, True, True, False, True, False,
+                                        True]))
         if a.top_channels:
             rows = [[_id(c["channel"]), _n(c["abs_max"]), f"<code>{_e(c['site'])}</code>", _n(c["top1_sites"])]
                     for c in a.top_channels]
             parts.append("<p>Hidden-state channels holding the peaks:</p>"
                          + table(["channel", "max |x|", "first site at max", "sites where top-1"], rows,
                                  numeric=[True, True, False, True]))
+    return "".join(parts)
+
+
+def _heat_cell(n: int, top: int, min_tokens: int) -> str:
+    """One expert's count as a coloured cell: white to blue on a log scale, red under the threshold."""
+    if n < 0:
+        return '<td class="num"></td>'
+    if n < min_tokens:
+        style = "background:#f4c7c3"
+    else:
+        share = math.log1p(n) / math.log1p(max(top, 1))
+        light = int(round(97 - 52 * share))   # lightness 97 % (few) .. 45 % (most)
+        style = f"background:hsl(207,70%,{light}%)" + (";color:#fff" if light < 62 else "")
+    return f'<td class="num" style="{style}">{n:,}</td>'
+
+
+def experts_section(data: ReportData) -> str:
+    withs = [a for a in data.checkpoints if a.experts is not None]
+    if not withs:
+        return ('<p class="note">No MoE expert counts in these results (maxact scans of MoE models record the '
+                "tokens routed to each expert at every router site).</p>")
+    parts = ['<p class="note">Real tokens routed to each expert (the router\'s top-k; padding excluded). Experts '
+             "that received fewer than the scan's <code>--min-expert-tokens</code> have statistics, and "
+             "quantization scales, resting on too few tokens to be trusted.</p>"]
+    for a in withs:
+        cov = a.experts
+        starved = cov.starved
+        parts.append(f"<h3>{_e(a.name)}: {len(cov.layers)} router layer(s), "
+                     f"{sum(lay.num_experts for lay in cov.layers):,} experts, "
+                     f"{len(starved)} under {cov.min_tokens} tokens</h3>")
+        rows = [[_id(lay.layer), f"<code>{_e(lay.site)}</code>", str(lay.num_experts), _n(lay.min), _n(lay.median),
+                 _n(lay.max), str(len(lay.starved(cov.min_tokens))),
+                 ", ".join(str(e) for e in lay.starved(cov.min_tokens)[:16])
+                 + (" &hellip;" if len(lay.starved(cov.min_tokens)) > 16 else "")]
+                for lay in cov.layers]
+        classes = ["fail" if lay.starved(cov.min_tokens) else "" for lay in cov.layers]
+        parts.append(table(["layer", "router site", "experts", "min tokens", "median", "max tokens",
+                            f"under {cov.min_tokens}", "starved experts"], rows,
+                           numeric=[True, False, True, True, True, True, True, False], row_classes=classes))
+        m = cov.matrix()
+        top = int(m.max(initial=0))
+        head = "".join(f"<th>{e}</th>" for e in range(m.shape[1]))
+        body = "".join(f"<tr><th>{_id(lay.layer) if lay.layer is not None else _e(lay.site)}</th>"
+                       + "".join(_heat_cell(int(n), top, cov.min_tokens) for n in m[i]) + "</tr>"
+                       for i, lay in enumerate(cov.layers))
+        parts.append(f"<details><summary>Tokens per expert (rows: layers, columns: experts)</summary>"
+                     f'<table class="heat"><thead><tr><th>layer</th>{head}</tr></thead><tbody>{body}</tbody>'
+                     "</table></details>")
     return "".join(parts)
 
 
@@ -292,6 +352,7 @@ SECTIONS = (
     ("ranges", "Range flags"),
     ("stability", "Stability"),
     ("tokens", "Tokens and channels"),
+    ("experts", "MoE coverage"),
 )
 
 
@@ -307,6 +368,7 @@ def render_page(data: ReportData, fragments: dict[str, str], static: dict[str, S
         "ranges": ranges_section(data),
         "stability": stability_section(data),
         "tokens": tokens_section(data),
+        "experts": experts_section(data),
     }
     sections = "".join(f'<section id="{k}"><h2>{_e(t)}</h2>{body[k]}</section>' for k, t in SECTIONS)
     nav = "".join(f'<a href="#{k}">{_e(t)}</a>' for k, t in SECTIONS)

@@ -42,6 +42,7 @@ class CheckpointAnalysis:
     bootstrap: A.BootstrapCI | None = None
     top_tokens: list[dict] = field(default_factory=list)
     top_channels: list[dict] = field(default_factory=list)
+    experts: A.ExpertCoverage | None = None  # MoE scans: tokens routed to each expert per layer
 
     @property
     def name(self) -> str:
@@ -121,6 +122,7 @@ def analyze_checkpoint(
         bootstrap=boot,
         top_tokens=A.top_tokens(ckpt, k=20),
         top_channels=A.top_channels(ckpt, k=10),
+        experts=A.expert_coverage(ckpt),
     )
 
 
@@ -240,6 +242,12 @@ def checkpoint_summary(a: CheckpointAnalysis) -> dict:
         out["top_tokens"] = a.top_tokens
     if a.top_channels:
         out["top_channels"] = a.top_channels
+    if a.experts is not None:
+        out["expert_coverage"] = {
+            "min_expert_tokens": a.experts.min_tokens,
+            "layers": [{"site": lay.site, "layer": lay.layer, "tokens": list(lay.tokens)} for lay in a.experts.layers],
+            "starved": a.experts.starved,
+        }
     return out
 
 

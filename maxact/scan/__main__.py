@@ -27,6 +27,8 @@ examples:
   python -m maxact.scan --model ./big-model --device-map auto --checkpoint-every 200
   python -m maxact.scan --model ./big-model --device-map auto --checkpoint-every 200 --resume
   torchrun --nproc-per-node 2 -m maxact.scan --model ./qwen3-8b --corpus synthetic:5000:0
+  torchrun --nproc-per-node 4 -m maxact.scan --model ./qwen2.5-72b --device-map auto --gpus-per-replica 2
+      (docs/SCALING.md: multi-node with Slurm, checkpoints and resume under torchrun)
 
 outputs (in --out): stats.json (schema maxact.stats/1, docs/STATS_FORMAT.md), stats.safetensors
 (exact |x| histograms, per-channel and per-sample maxima), <model>_activation_stats.json with
@@ -54,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
     g.add_argument("--device-map", metavar="MAP", default=d.device_map,
                    help="'auto' spreads one model over the visible GPUs (default: off)")
+    g.add_argument("--gpus-per-replica", metavar="K", type=int, default=d.gpus_per_replica,
+                   help="torchrun with --device-map auto: each process is one replica spread over K GPUs of "
+                        "its node (--nproc-per-node = GPUs per node / K) (default: one GPU per process; "
+                        "all visible GPUs without torchrun)")
+    g.add_argument("--dist-timeout", metavar="SECONDS", type=float, default=d.dist_timeout_s,
+                   help="torchrun: a collective waiting longer than this fails the job (a dead or hung rank) "
+                        f"(default: {d.dist_timeout_s:g})")
     g.add_argument("--trust-remote-code", action="store_true", default=d.trust_remote_code,
                    help="allow model code from the checkpoint (e.g. BailingMoe / Ling) (default: off)")
     g.add_argument("--sites", metavar="SITES", default=d.sites,
@@ -88,12 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-tokens", dest="track_tokens", action="store_false",
                    help="do not compute per-token max/median and the Sun criterion (default: computed)")
     g.add_argument("--token-median", metavar="MODE", choices=TOKEN_MEDIAN_MODES, default=d.token_median,
-                   help="per-token median for all tokens, or only for tokens whose max can pass the "
-                        f"criterion (same n_pass, faster) (default: {d.token_median})")
+                   help="'candidates': per-token median only where the token max can pass the criterion "
+                        "(and each batch's peak token): same n_pass and peak token, max/mean ratio over those "
+                        "tokens; 'all': every token, as the paper's code (slower) "
+                        f"(default: {d.token_median})")
     g.add_argument("--sun-t-val", metavar="X", type=float, default=d.sun_t_val,
                    help=f"Sun criterion absolute threshold (default: {d.sun_t_val:g})")
     g.add_argument("--sun-t-ratio", metavar="X", type=float, default=d.sun_t_ratio,
                    help=f"Sun criterion max/median ratio threshold (default: {d.sun_t_ratio:g})")
+    g.add_argument("--min-expert-tokens", metavar="N", type=int, default=d.min_expert_tokens,
+                   help="warn about MoE experts that received fewer than N tokens (their statistics "
+                        f"cannot be trusted) (default: {d.min_expert_tokens})")
 
     g = p.add_argument_group("output")
     g.add_argument("--out", metavar="DIR", default=d.out,
@@ -115,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sync-every", metavar="N", type=int, default=d.sync_every,
                    help="batches between the progress bar's one host sync that shows running M "
                         f"(default: {d.sync_every})")
+    g.add_argument("--no-memory-check", dest="memory_check", action="store_false",
+                   help="run even when the estimated peak memory exceeds the free memory "
+                        "(default: refuse, naming a --tokens-per-batch that fits)")
     return p
 
 
@@ -122,14 +139,16 @@ def config_from_args(args: argparse.Namespace) -> ScanConfig:
     """argparse namespace -> validated ScanConfig (ScanError on an impossible combination)."""
     return ScanConfig(
         model=args.model, dtype=args.dtype, attn=args.attn, device=args.device,
-        device_map=args.device_map, trust_remote_code=args.trust_remote_code, sites=args.sites,
+        device_map=args.device_map, gpus_per_replica=args.gpus_per_replica, dist_timeout_s=args.dist_timeout,
+        trust_remote_code=args.trust_remote_code, sites=args.sites,
         corpus=args.corpus, max_samples=args.max_samples, skip_bad_lines=args.skip_bad_lines,
         seed=args.seed, tokens_per_batch=args.tokens_per_batch, max_seq_len=args.max_seq_len,
         skip_first_tokens=args.skip_first_tokens, topk=args.topk, track_channels=args.track_channels,
         track_tokens=args.track_tokens, token_median=args.token_median, sun_t_val=args.sun_t_val,
         sun_t_ratio=args.sun_t_ratio, backend=args.backend, out=args.out,
         export=tuple(dict.fromkeys(args.export)), checkpoint_every=args.checkpoint_every,
-        resume=args.resume, sync_every=args.sync_every, progress=args.quiet == 0)
+        resume=args.resume, sync_every=args.sync_every, progress=args.quiet == 0,
+        min_expert_tokens=args.min_expert_tokens, memory_check=args.memory_check)
 
 
 def setup_logging(verbose: int, quiet: int) -> None:
@@ -146,11 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose, args.quiet)
     try:
         config = config_from_args(args)
+        from maxact.scan.replicas import narrow_visible_gpus
+
+        narrow_visible_gpus(config.gpus_per_replica)   # before anything starts CUDA
         from maxact.scan.runner import scan   # heavy imports only after parsing
 
         result = scan(config)
     except ScanError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_rank_label()}{exc}", file=sys.stderr)
         return exc.exit_code
     except ScanInterrupted as exc:
         print(f"interrupted: {exc}", file=sys.stderr)
@@ -161,6 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     if result is not None:   # None on ranks other than 0 of a torchrun scan
         print(result.table())
     return 0
+
+
+def _rank_label() -> str:
+    """``rank R: `` under torchrun, so the failing rank of a job is named in its error line."""
+    return f"rank {os.environ.get('RANK', '0')}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
 
 
 if __name__ == "__main__":

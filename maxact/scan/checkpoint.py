@@ -68,8 +68,9 @@ def checkpoint_path(directory: Path) -> Path:
     return Path(directory) / FILE_NAME
 
 
-def _cpu_states(states: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, torch.Tensor]]:
-    # clone: the saved tensors must not alias live device buffers that keep changing.
+def cpu_states(states: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, torch.Tensor]]:
+    """CPU copies of state dicts (what is saved, and what ranks send each other to merge)."""
+    # copy: the saved tensors must not alias live device buffers that keep changing.
     return {name: {k: v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else v
                    for k, v in sd.items()}
             for name, sd in states.items()}
@@ -80,7 +81,7 @@ def save(directory: Path, ckpt: Checkpoint) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     target = checkpoint_path(directory)
-    ckpt = Checkpoint(ckpt.fingerprint, ckpt.plan_hash, ckpt.finished_batches, _cpu_states(ckpt.states),
+    ckpt = Checkpoint(ckpt.fingerprint, ckpt.plan_hash, ckpt.finished_batches, cpu_states(ckpt.states),
                       ckpt.counters, ckpt.world_size)
     fd, tmp_name = tempfile.mkstemp(prefix=".scan.", suffix=".tmp", dir=directory)
     try:

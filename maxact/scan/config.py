@@ -57,6 +57,8 @@ class ScanConfig:
     attn: str = "sdpa"
     device: str | None = None            # None: cuda when present, else cpu
     device_map: str | None = None        # "auto": spread one replica over the visible GPUs
+    gpus_per_replica: int | None = None  # torchrun: GPUs each process (replica) sees; None: all / 1 per rank
+    dist_timeout_s: float = 1800.0       # torchrun: collectives fail after this long (a dead or hung rank)
     trust_remote_code: bool = False
     sites: str = "paper"                 # paper | linear-inputs | all | a regex over module names
     # corpus
@@ -72,10 +74,11 @@ class ScanConfig:
     topk: int = 16
     track_channels: bool = True
     track_tokens: bool = True
-    token_median: str = "all"
+    token_median: str = "candidates"   # "all": every token's median (the paper's max/mean ratio)
     sun_t_val: float = 100.0
     sun_t_ratio: float = 1000.0
     backend: str = "auto"
+    min_expert_tokens: int = 16          # warn about MoE experts routed fewer tokens than this
     # output
     out: str | None = None               # None: results/<model-name>/
     export: tuple[str, ...] = ()
@@ -83,6 +86,7 @@ class ScanConfig:
     resume: bool = False
     # performance
     sync_every: int = 20                 # batches between the progress bar's host syncs (running M)
+    memory_check: bool = True            # refuse a scan whose estimated peak memory does not fit
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -117,7 +121,17 @@ class ScanConfig:
             raise ScanError(f"--skip-first-tokens {self.skip_first_tokens} leaves nothing of a "
                             f"{self.max_seq_len}-token sample")
         _non_negative("--checkpoint-every", self.checkpoint_every)
+        _non_negative("--min-expert-tokens", self.min_expert_tokens)
         _positive("--sync-every", self.sync_every)
+        if not self.dist_timeout_s > 0:
+            raise ScanError(f"--dist-timeout: expected a positive number of seconds, got {self.dist_timeout_s!r}")
+        if self.gpus_per_replica is not None:
+            _positive("--gpus-per-replica", self.gpus_per_replica)
+            if self.gpus_per_replica > 1 and self.device_map != "auto":
+                raise ScanError(f"--gpus-per-replica {self.gpus_per_replica} needs --device-map auto "
+                                "(a replica spreads over its GPUs through the device map)")
+            if self.device is not None and not self.device.startswith("cuda"):
+                raise ScanError(f"--gpus-per-replica: replicas live on GPUs, not on --device {self.device}")
         if not self.sun_t_val > 0 or not self.sun_t_ratio > 0:
             raise ScanError("--sun-t-val and --sun-t-ratio must be positive")
 
@@ -162,7 +176,8 @@ class ScanConfig:
         Output-only and speed-only settings (progress, sync cadence, export, checkpoint cadence)
         may change between the interrupted run and the resumed one.
         """
-        skip = {"out", "export", "checkpoint_every", "resume", "sync_every", "progress"}
+        skip = {"out", "export", "checkpoint_every", "resume", "sync_every", "progress", "min_expert_tokens",
+                "memory_check", "gpus_per_replica", "dist_timeout_s"}
         return {k: v for k, v in self.to_dict().items() if k not in skip}
 
     def replace(self, **changes: Any) -> "ScanConfig":

@@ -1,6 +1,6 @@
 """``--export max-act-llm``: the paper code's ``<model>_activation_stats.json`` layout.
 
-Keys follow the files published with the paper (see /work/shared/reference/max_act_llm/): top-level
+Keys follow the files published with the paper (see shared/reference/max_act_llm/ beside the checkout): top-level
 ``model_name, model_path, model_type, num_hidden_layers, hidden_size, data_path, num_samples,
 max_seq_len, global_max_activation, global_max_location, per_layer_stats``; per site ``mean, std,
 abs_mean, rms, max, min, count`` and, for residual-type sites, the Sun-criterion fields ``sun_*``

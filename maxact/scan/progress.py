@@ -20,6 +20,7 @@ class Progress:
                  desc: str = "scan", world_size: int = 1):
         self._bar: Any = None
         self._world = world_size
+        self._post: dict[str, str] = {}
         if enabled:
             from tqdm.auto import tqdm
 
@@ -36,12 +37,25 @@ class Progress:
         if self._bar is not None:
             self._bar.update(tokens - self._bar.n)
 
+    def set_ranks(self, base_tokens: int, ranks: list[list[float]]) -> None:
+        """At a sync point of a data-parallel scan: ``ranks[r] = [tokens, loop seconds]`` of rank r.
+
+        Sets the exact token count (``base_tokens`` from resumed runs plus every rank's) and shows
+        each rank's tokens/s, so a slow rank is visible while the scan runs.
+        """
+        self.set_done(base_tokens + int(sum(r[0] for r in ranks)))
+        if self._bar is not None:
+            self._post["rank tok/s"] = rank_rates_text([tok / sec if sec > 0 else 0.0 for tok, sec in ranks])
+            self._bar.set_postfix(self._post, refresh=False)
+
     def show_m(self, m: float, site: str | None = None) -> None:
         if self._bar is not None:
-            post = {"M": f"{m:.4g}"}
+            self._post["M"] = f"{m:.4g}"
             if site:
-                post["at"] = site
-            self._bar.set_postfix(post, refresh=False)
+                self._post["at"] = site
+            else:
+                self._post.pop("at", None)
+            self._bar.set_postfix(self._post, refresh=False)
 
     def write(self, message: str) -> None:
         if self._bar is not None:
@@ -53,3 +67,19 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+def _si(x: float) -> str:
+    for unit, scale in (("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def rank_rates_text(rates: list[float]) -> str:
+    """Tokens/s of every rank, compact: all of them up to 8 ranks, else min / median / max."""
+    if len(rates) <= 8:
+        return " ".join(_si(r) for r in rates)
+    order = sorted(range(len(rates)), key=lambda r: rates[r])
+    lo, mid, hi = order[0], order[len(order) // 2], order[-1]
+    return f"min {_si(rates[lo])} (rank {lo}) median {_si(rates[mid])} max {_si(rates[hi])} (rank {hi})"

@@ -39,6 +39,9 @@ class SiteResult:
     calls: int
     first_token: dict[str, float] | None = None
     expert_tokens: list[int] | None = None     # router sites: real tokens routed to each expert
+    # One record per top-k entry (site, layer, token id and text, context, corpus record), added at
+    # the end of the scan by maxact.scan.provenance; None when not computed.
+    provenance: list[dict[str, Any]] | None = None
 
     @property
     def abs_max(self) -> float:
@@ -158,3 +161,13 @@ class ScanResult:
 
     def nonfinite_sites(self) -> list[SiteResult]:
         return [s for s in self.sites.values() if s.nonfinite > 0]
+
+    def starved_experts(self, min_tokens: int) -> list[dict[str, Any]]:
+        """MoE experts routed fewer than ``min_tokens`` real tokens: ``[{site, layer, expert, tokens}]``,
+        in forward order (their per-expert statistics rest on too few tokens to be trusted)."""
+        out = []
+        for s in self.sites.values():
+            for expert, n in enumerate(s.expert_tokens or ()):
+                if n < min_tokens:
+                    out.append({"site": s.name, "layer": s.layer, "expert": expert, "tokens": int(n)})
+        return out

@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 from maxact.scan import checkpoint as ckpt_io
-from maxact.scan import parallel, pipeline
+from maxact.scan import parallel, pipeline, replicas
 from maxact.scan.config import ScanConfig
 from maxact.scan.errors import ScanError, ScanInterrupted
 from maxact.scan.faults import StateGuard, StopRequest, run_splitting_on_oom
-from maxact.scan.preflight import make_plan
+from maxact.scan.preflight import Warmup, check_memory, make_plan
 from maxact.scan.progress import Progress
 from maxact.scan.result import M_COMPONENTS, ScanResult
 from maxact.scan.sitestate import FIRST_SUFFIX, BatchGeometry, SiteState, device_of_module, stats_kwargs
@@ -63,6 +63,7 @@ class _Run:
     loop_time_s: float = 0.0
     prior: dict[str, Any] = field(default_factory=dict)   # combined counters of the resumed runs
     handle: Any = None                                    # maxact.hooks.HookHandle of this run
+    warmup: Any = None                                    # preflight.Warmup: times the first batches (ETA)
 
     def counters(self, states: dict[str, SiteState]) -> dict[str, Any]:
         """This rank's counters as plain data (syncs for the expert counts: checkpoints/end only)."""
@@ -104,13 +105,20 @@ def scan(config: ScanConfig, *, probes: LoopProbes | None = None) -> ScanResult 
     (one-line message) and ScanInterrupted after a SIGINT/SIGTERM (the state is checkpointed first).
     """
     started = time.perf_counter()
-    ctx = parallel.from_environment()
+    replicas.narrow_visible_gpus(config.gpus_per_replica)   # before CUDA starts (a no-op without the flag)
+    ctx = parallel.from_environment(config.dist_timeout_s)
     try:
         # Everything, states included, lives in inference mode: no autograd bookkeeping anywhere.
         with torch.inference_mode():
-            return _scan(config, ctx, probes or LoopProbes(), started)
-    finally:
+            result = _scan(config, ctx, probes or LoopProbes(), started)
+    except ScanInterrupted:   # every rank stopped at the same batch: a clean exit
         ctx.close()
+        raise
+    except BaseException:
+        ctx.close(failed=True)
+        raise
+    ctx.close()
+    return result
 
 
 def plan_hash(batches: Sequence[Any]) -> str:
@@ -134,8 +142,11 @@ def plan_hash(batches: Sequence[Any]) -> str:
 
 
 def _scan(config: ScanConfig, ctx: Any, probes: LoopProbes, started: float) -> ScanResult | None:
-    device = pipeline.concrete_device(parallel.local_device(pipeline.resolve_device(config), ctx))
+    replica = replicas.narrow_visible_gpus(config.gpus_per_replica)   # the plan scan() applied
+    device = pipeline.concrete_device(parallel.local_device(pipeline.resolve_device(config), ctx,
+                                                            sliced=replica is not None))
     if device.type == "cuda":
+        replicas.check_visible(replica, torch.cuda.device_count())
         torch.cuda.set_device(device)
     torch.manual_seed(config.seed)
 
@@ -160,16 +171,20 @@ def _scan(config: ScanConfig, ctx: Any, probes: LoopProbes, started: float) -> S
         done = _resume(config, ctx, states, phash, run)
         plan.batches_done = len(done)
         plan.tokens_done = sum(_batch_tokens(batches, i) for i in done)
+    check_memory(plan, config, loaded, states, device, capacity)   # before the first batch; may refuse
     if ctx.is_main:
         for line in plan.lines():
             log.info(line)
         log.info("model %s (%s, %d layers, hidden %d) on %s, %s, attention %s; %d sites",
                  loaded.name, loaded.model_type, loaded.num_layers, loaded.hidden_size, device,
                  config.dtype, loaded.attn_implementation, len(specs))
+        if replica is not None:
+            log.info(replicas.describe(replica, getattr(loaded.model, "hf_device_map", None)))
 
     todo = [i for i in range(len(batches)) if i not in done]
     tokens_of = [_batch_tokens(batches, i) for i in todo]
     local = ctx.shard(todo, tokens_of)
+    run.warmup = Warmup(plan, sum(_batch_tokens(batches, i) for i in local), len(local), device, ctx.world_size)
     if probes.on_model is not None:
         probes.on_model(loaded.model, specs)
     progress = Progress(plan.num_tokens, initial_tokens=plan.tokens_done,
@@ -258,9 +273,13 @@ def _loop(config: ScanConfig, ctx: Any, loaded: Any, batches: Any, local: list[i
         run.oom_splits += 1
 
     base_tokens = sum(_batch_tokens(batches, i) for i in done)
-    t0 = time.perf_counter()
+    fault = parallel.fault_injector(ctx.rank)   # test hook (MAXACT_TEST_FAULT); None normally
+    pending_vote = ctx.vote(False)   # ranks' stop vote, started after each batch and read after the next
+    t0 = loop_start = time.perf_counter()
     with StopRequest() as stop, pipeline.attach_hooks(loaded, states, batch_ctx) as handle:
         run.handle = handle
+        if run.warmup is not None:
+            run.warmup.start()
         for step in range(steps):
             if step < len(local):
                 index = local[step]
@@ -271,24 +290,34 @@ def _loop(config: ScanConfig, ctx: Any, loaded: Any, batches: Any, local: list[i
                 run.finished.append(index)
                 run.tokens += batch.num_tokens
                 progress.advance(batch.num_tokens)
+                eta = run.warmup.batch_done(step, batch.num_tokens) if run.warmup is not None else None
+                if eta and ctx.is_main:
+                    progress.write(eta)
                 if probes.after_batch is not None:
                     probes.after_batch(step, index)
+                if fault is not None:
+                    fault(len(run.finished), lambda: stop.requested)
             last = step + 1 == steps
             if (step + 1) % config.sync_every == 0 or last:
                 m, where = _running_max(m_states, m_names, states)   # the one host sync of this stretch
                 progress.show_m(m, where)
-                if ctx.world_size > 1:
-                    progress.set_done(base_tokens + ctx.sum(run.tokens))
-            stop_now = ctx.any(stop.requested)
+                if ctx.world_size > 1:   # every rank's tokens and loop time: the bar shows each one's tokens/s
+                    ranks = ctx.all_gather_floats([run.tokens, time.perf_counter() - loop_start])
+                    progress.set_ranks(base_tokens, ranks)
+            # One process reads its own flag; ranks read the vote started after the previous batch, so
+            # all stop at the same step without waiting for each other after every batch.
+            stop_now = stop.requested if ctx.world_size == 1 else pending_vote()
             periodic = config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and not last
             if stop_now or periodic:
                 run.loop_time_s += _elapsed(t0, device)
                 t0 = time.perf_counter()
                 path = _save_checkpoint(config, ctx, states, run, phash, done)
-                if stop_now:
-                    raise ScanInterrupted(f"stopped after {len(done) + len(run.finished)} batches; "
+                if stop_now:   # batches of all ranks (ctx.sum: every rank is here at the same step)
+                    raise ScanInterrupted(f"stopped after {len(done) + ctx.sum(len(run.finished))} batches; "
                                           f"resume with --resume" + (f" (checkpoint {path})" if path else ""),
                                           str(path) if path else None)
+            if ctx.world_size > 1 and not last:
+                pending_vote = ctx.vote(stop.requested)
         flush_all(states)   # the plan's end: the same point whether or not the scan was resumed
     run.loop_time_s += _elapsed(t0, device)
 
@@ -412,16 +441,12 @@ def _save_checkpoint(config: ScanConfig, ctx: Any, states: dict[str, SiteState],
             staged = st.staged()
             if staged is not None:
                 local_sd[name + STAGED_SUFFIX] = staged
-    parts = ctx.gather_object(local_sd) if ctx.world_size > 1 else [local_sd]
+    # single process: states and staged rows as they are; ranks: the exact merge, on rank 0
+    merged_sd = _reduce_states(ctx, local_sd, _factories(states)) if ctx.world_size > 1 else local_sd
     finished = ctx.gather_object(run.finished)
     ranks = ctx.gather_object(run.counters(states))
     path = None
     if ctx.is_main:
-        if len(parts) == 1:
-            merged_sd = parts[0]   # single process: states and staged rows as they are
-        else:
-            merged = _merge_state_dicts(parts, _factories(states))
-            merged_sd = {name: st.state_dict() for name, st in merged.items()}
         all_finished = sorted(done.union(*map(set, finished)))
         ck = ckpt_io.Checkpoint(
             fingerprint=config.measurement_fingerprint(), plan_hash=phash, finished_batches=all_finished,
@@ -451,8 +476,9 @@ def _resume(config: ScanConfig, ctx: Any, states: dict[str, SiteState], phash: s
                 st.load_staged(ck.states[name + STAGED_SUFFIX])
         info = {"finished": ck.finished_batches, "counters": ck.counters, "world_size": ck.world_size}
         if ck.world_size != ctx.world_size:
-            log.info("resuming a %d-rank checkpoint on %d ranks: the remaining batches are re-sharded "
-                     "(the merge is exact, so the result is the same)", ck.world_size, ctx.world_size)
+            log.info("resuming a checkpoint of world size %d with world size %d: the checkpoint holds the "
+                     "merged state of all ranks, the remaining batches are re-sharded, and the merge is exact, "
+                     "so the result is the same", ck.world_size, ctx.world_size)
         log.info("resuming: %d batches already done", len(ck.finished_batches))
     info = ctx.broadcast_object(info)
     run.prior = dict(info["counters"])
@@ -464,11 +490,25 @@ def _collect(ctx: Any, states: dict[str, SiteState]) -> dict[str, Any] | None:
     named = _named_states(states)
     if ctx.world_size == 1:
         return named
-    local_sd = {name: st.state_dict() for name, st in named.items()}
-    parts = ctx.gather_object(local_sd)
+    factories = _factories(states)
+    merged_sd = _reduce_states(ctx, {name: st.state_dict() for name, st in named.items()}, factories)
     if not ctx.is_main:
         return None
-    return _merge_state_dicts(parts, _factories(states))
+    return _merge_state_dicts([merged_sd], factories)   # onto each site's device
+
+
+def _reduce_states(ctx: Any, local_sd: dict[str, dict[str, torch.Tensor]],
+                   factories: dict[str, Callable]) -> dict[str, dict[str, torch.Tensor]] | None:
+    """Every rank's state dicts merged exactly into rank 0's (None elsewhere).
+
+    CPU copies travel along a binary tree (parallel.TorchDistributed.reduce_to_main); each merge
+    runs on the states' own devices, so sites of a replica spread over several GPUs merge in place.
+    """
+    def combine(mine: dict, theirs: dict) -> dict:
+        merged = _merge_state_dicts([mine, theirs], factories)
+        return ckpt_io.cpu_states({name: st.state_dict() for name, st in merged.items()})
+
+    return ctx.reduce_to_main(ckpt_io.cpu_states(local_sd), combine)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -49,13 +49,17 @@ def site_result(spec: Any, states: dict[str, Any], totals: dict[str, Any], confi
 def build_result(config: ScanConfig, loaded: Any, corpus: Any, specs: list[Any], merged: dict[str, Any],
                  device: torch.device, plan: Any, ctx: Any, totals: dict[str, Any], *, wall: float) -> ScanResult:
     """The ScanResult of a finished scan (rank 0): sites in discovery order, metadata, warnings."""
+    from maxact.scan.provenance import annotate
+
     sites = {spec.name: site_result(spec, merged, totals, config) for spec in specs}
+    annotate(sites, corpus, getattr(loaded, "tokenizer", None))   # host side, from the corpus
     samples = SampleTable(category=corpus.category_codes(), category_names=corpus.category_names,
                           num_tokens=corpus.lengths(), corpus_index=corpus.corpus_indices())
     metadata = _metadata(config, loaded, corpus, device, plan, ctx, wall, totals["loop_time_s"],
                          totals["tokens"], totals["oom_splits"])
     backends = sorted({getattr(st, "backend", config.backend) for st in merged.values()})
     metadata["backend"] = ",".join(backends) if backends else config.backend
+    metadata["preflight"] = _preflight(plan, device)
     result = ScanResult(config=config, metadata=metadata, sites=sites, samples=samples)
     result.warnings.extend(_warnings(config, result))
     return result
@@ -104,6 +108,14 @@ def _metadata(config: ScanConfig, loaded: Any, corpus: Any, device: torch.device
     }
 
 
+def _preflight(plan: Any, device: torch.device) -> dict[str, Any]:
+    """The pre-flight estimates (memory, warm-up ETA) and, on CUDA, the peak actually allocated."""
+    out = {k: v for k, v in getattr(plan, "estimates", {}).items() if not isinstance(v, str)}
+    if device.type == "cuda":
+        out["measured_peak_allocated"] = int(torch.cuda.max_memory_allocated(device))
+    return out
+
+
 def _device_text(device: torch.device, config: ScanConfig) -> str:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
@@ -126,4 +138,10 @@ def _warnings(config: ScanConfig, result: ScanResult) -> list[str]:
     if never:
         out.append(f"{len(never)} hooked site(s) never received a tensor (the forward bypasses them): "
                    + ", ".join(never[:6]) + (" ..." if len(never) > 6 else ""))
+    starved = result.starved_experts(config.min_expert_tokens)
+    if starved:
+        names = [f"{e['site']} expert {e['expert']} ({e['tokens']} tokens)" for e in starved]
+        out.append(f"{len(starved)} MoE expert(s) received fewer than {config.min_expert_tokens} tokens; their "
+                   "statistics cannot be trusted (stats.json: experts): "
+                   + ", ".join(names[:12]) + (f" ... (+{len(names) - 12})" if len(names) > 12 else ""))
     return out

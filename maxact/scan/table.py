@@ -85,6 +85,7 @@ def render(result: ScanResult) -> str:
             lines.append(f"  ... and {len(bad) - 10} more (stats.json: nonfinite)")
     else:
         lines.append("NaN/inf: none")
+    lines.extend(_expert_lines(result))
     missing = result.never_fired()
     if missing:
         shown = ", ".join(missing[:8]) + (f" ... (+{len(missing) - 8})" if len(missing) > 8 else "")
@@ -94,3 +95,20 @@ def render(result: ScanResult) -> str:
 
 def _has_inf(result: ScanResult) -> bool:
     return any(int(s.summary["posinf_count"]) + int(s.summary["neginf_count"]) > 0 for s in result.m_sites)
+
+
+def _expert_lines(result: ScanResult) -> list[str]:
+    """MoE coverage: routed-token range and the experts under --min-expert-tokens (none for dense models)."""
+    counts = [n for s in result.sites.values() for n in (s.expert_tokens or ())]
+    if not counts:
+        return []
+    n = int(getattr(result.config, "min_expert_tokens", 0))
+    routers = sum(1 for s in result.sites.values() if s.expert_tokens)
+    starved = result.starved_experts(n)
+    line = (f"MoE: {len(counts)} experts in {routers} router layer(s), {min(counts):,} to {max(counts):,} "
+            f"tokens each; ")
+    if not starved:
+        return [line + f"none under {n}"]
+    shown = ", ".join(f"{e['site']} expert {e['expert']} ({e['tokens']})" for e in starved[:8])
+    more = f" ... (+{len(starved) - 8})" if len(starved) > 8 else ""
+    return [line + f"{len(starved)} under {n}: {shown}{more}"]

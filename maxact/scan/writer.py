@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from maxact.scan import derived
 from maxact.scan.result import ScanResult, SiteResult
 
 SCHEMA = "maxact.stats/1"
@@ -49,17 +50,23 @@ def quantile_key(q: float) -> str:
     return repr(float(q))
 
 
-def topk_records(topk: dict[str, np.ndarray] | None) -> list[dict[str, Any]]:
-    """Columnar top-k arrays -> a list of {abs, value, sample, position, channel} records."""
+def topk_records(topk: dict[str, np.ndarray] | None,
+                 provenance: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Columnar top-k arrays -> a list of {abs, value, sample, position, channel} records, each
+    extended by its provenance record (site, layer, token, context, corpus record) when given."""
     if not topk:
         return []
     n = len(topk["abs"])
-    return [{"abs": float(topk["abs"][i]), "value": float(topk["value"][i]),
-             "sample": int(topk["sample"][i]), "position": int(topk["position"][i]),
-             "channel": int(topk["channel"][i])} for i in range(n)]
+    out = [{"abs": float(topk["abs"][i]), "value": float(topk["value"][i]),
+            "sample": int(topk["sample"][i]), "position": int(topk["position"][i]),
+            "channel": int(topk["channel"][i])} for i in range(n)]
+    if provenance:
+        for rec, extra in zip(out, provenance):
+            rec.update(plain(extra))
+    return out
 
 
-def site_entry(site: SiteResult) -> dict[str, Any]:
+def site_entry(site: SiteResult, site_range: Any = None) -> dict[str, Any]:
     s = site.summary
     entry: dict[str, Any] = {"component": site.component, "layer": site.layer, "module": site.module,
                              "num_channels": site.num_channels, "calls": site.calls}
@@ -68,12 +75,14 @@ def site_entry(site: SiteResult) -> dict[str, Any]:
             entry[key] = int(s[key]) if key in _INT_SCALARS else float(s[key])
     entry["quantiles"] = {quantile_key(q): float(v) for q, v in site.quantiles.items()}
     entry["sun"] = plain(s["sun"]) if s.get("sun") is not None else None
-    entry["topk"] = topk_records(s.get("topk"))
+    entry["topk"] = topk_records(s.get("topk"), site.provenance)
     entry["first_token"] = plain(site.first_token) if site.first_token is not None else None
     if site.expert_tokens is not None:
         entry["expert_tokens"] = [int(v) for v in site.expert_tokens]
     if "sample_id_out_of_range" in s:
         entry["sample_id_out_of_range"] = int(s["sample_id_out_of_range"])
+    if site_range is not None:
+        entry["range"] = plain(derived.site_range_entry(site_range))
     return entry
 
 
@@ -91,6 +100,7 @@ def nonfinite_report(result: ScanResult) -> list[dict[str, Any]]:
 
 def stats_document(result: ScanResult) -> dict[str, Any]:
     """The whole ``stats.json`` object."""
+    ranges = derived.site_ranges(result)
     return {
         "schema": SCHEMA,
         "metadata": plain(result.metadata),
@@ -103,7 +113,10 @@ def stats_document(result: ScanResult) -> dict[str, Any]:
         "nonfinite": nonfinite_report(result),
         "coverage": {"requested": len(result.sites), "never_fired": result.never_fired()},
         "warnings": list(result.warnings),
-        "sites": {name: site_entry(site) for name, site in result.sites.items()},
+        "bootstrap_m": plain(derived.bootstrap_m(result)),
+        "range_flags": plain(derived.range_flags(result, ranges)),
+        "experts": plain(derived.expert_coverage(result)),
+        "sites": {name: site_entry(site, ranges.get(name)) for name, site in result.sites.items()},
         "samples": {"count": result.samples.count, "category_names": list(result.samples.category_names)},
         "sidecar": SIDECAR,
     }

@@ -22,7 +22,7 @@ def test_defaults_match_the_brief():
     assert cfg.model == "demo" and cfg.corpus == "builtin"
     assert cfg.max_seq_len == 4096 and cfg.topk == 16 and cfg.sites == "paper"
     assert cfg.sun_t_val == 100.0 and cfg.sun_t_ratio == 1000.0
-    assert cfg.track_channels and cfg.track_tokens and cfg.token_median == "all"
+    assert cfg.track_channels and cfg.track_tokens and cfg.token_median == "candidates"
     assert cfg.backend == "auto" and cfg.dtype == "bfloat16" and cfg.attn == "sdpa"
     assert str(cfg.out_dir) == "results/gemma-3-270m-q4_k_m"
 
@@ -31,14 +31,14 @@ def test_every_flag_reaches_the_config():
     cfg = parse("--model", "random:tiny-qwen3", "--corpus", "x.jsonl", "--dtype", "float32", "--attn", "eager",
                 "--device", "cpu", "--device-map", "auto", "--trust-remote-code", "--sites", r"layers\.0\..*",
                 "--tokens-per-batch", "512", "--max-seq-len", "128", "--max-samples", "7", "--topk", "3",
-                "--no-channels", "--no-tokens", "--token-median", "candidates", "--sun-t-val", "50",
+                "--no-channels", "--no-tokens", "--token-median", "all", "--sun-t-val", "50",
                 "--sun-t-ratio", "20", "--backend", "reference", "--out", "o", "--export", "max-act-llm",
                 "--checkpoint-every", "5", "--resume", "--skip-bad-lines", "--skip-first-tokens", "2",
                 "--seed", "3", "--sync-every", "4", "-q")
     assert cfg == ScanConfig(model="random:tiny-qwen3", corpus="x.jsonl", dtype="float32", attn="eager",
                              device="cpu", device_map="auto", trust_remote_code=True, sites=r"layers\.0\..*",
                              tokens_per_batch=512, max_seq_len=128, max_samples=7, topk=3,
-                             track_channels=False, track_tokens=False, token_median="candidates",
+                             track_channels=False, track_tokens=False, token_median="all",
                              sun_t_val=50.0, sun_t_ratio=20.0, backend="reference", out="o",
                              export=("max-act-llm",), checkpoint_every=5, resume=True, skip_bad_lines=True,
                              skip_first_tokens=2, seed=3, sync_every=4, progress=False)
