@@ -8,13 +8,19 @@ reads each element once and, in the same pass, updates
 * counts (non-NaN, NaN, +inf, -inf), sum / sum of squares / sum of |x| over finite values
   (fp32 inside a 16-byte vector, fp64 per thread and across blocks), min and max over non-NaN values,
 * optionally per row: max |x|, the first channel attaining it, the packed top-k row key, and the
-  per-sample peak (atomic max into ``sample_abs_max[sample_id]``).
+  per-sample peak (atomic max into ``sample_abs_max[sample_id]``),
+* optionally the per-channel max |x| (up to 19456 channels; wider tensors take a Triton pass).
 
 Layout: one warp per row (so per-row maxima need no cross-warp traffic), 16-byte loads when the row
-pitch and base pointer allow, a persistent grid of at most two 512-thread blocks per SM. The shared
-histogram covers the 64 binades 2^-32 <= |x| < 2^32 (8192 bins, 32 KiB: no opt-in shared memory, cheap
-to zero and flush), plus one counter for exact zeros; anything else (subnormals, |x| >= 2^32, inf) goes
-straight to the global histogram with a global atomic: exact, and rare in real activations.
+pitch and base pointer allow, a persistent grid of at most two 512-thread blocks per SM, rows visited
+last to first (the end of a tensor its producer just wrote is what L2 still holds). The shared
+histogram covers the 64 binades 2^-32 <= |x| < 2^32 (8192 bins, 32 KiB, cheap to zero and flush);
+exact zeros are counted in a register, and anything else (subnormals, |x| >= 2^32, inf) goes straight
+to the global histogram with a global atomic: exact, and rare in real activations. For bf16 and fp16
+one packed min/max per 16-byte vector proves all eight elements lie in the window, so the hot path
+has no per-element tests. Channel maxima live in shared memory as raw |x| bits (one word per
+channel), seeded from the global maxima so that an element costs a compare and only a record costs
+a shared atomicMax; each block raises the global maxima it beats at its end.
 
 Semantics are those of ``maxact_kernels.reference`` (see DESIGN.md); the state tensors are the ones
 ActivationStats owns. Compiled once per (device, dtype, variant) through ``cuda.core`` (NVRTC) and
@@ -39,6 +45,15 @@ _BLOCKS_PER_SM = int(os.environ.get("MAXACT_CUDA_BLOCKS_PER_SM", 2))
 _MIN_BYTES_PER_BLOCK = int(os.environ.get("MAXACT_CUDA_MIN_BYTES_PER_BLOCK", 64 * 1024))
 # 16-byte loads each lane issues before using the first: memory-level parallelism on HBM3.
 _UNROLL = int(os.environ.get("MAXACT_CUDA_UNROLL", 2))
+# Shared histogram increments as ATOMS.POPC.INC (0) or plain ATOMS.ADD (1): see hist_inc in the source.
+_HIST_INC = int(os.environ.get("MAXACT_CUDA_HIST_INC", 0))
+# Visit rows last to first: the end of a tensor its producer just wrote is the part still in L2.
+_REVERSE = int(os.environ.get("MAXACT_CUDA_REVERSE", 1))
+# Shared bytes of the histogram window (WBINS + 4 words); the channel maxima come after it.
+_SH_HIST_BYTES = (8192 + 4) * 4
+# Channel maxima are fused when they fit in this much shared memory (two blocks per SM must fit in
+# 227 KiB with the histogram): 19456 channels, e.g. Qwen2.5-7B's 18944-wide MLP.
+CHANNEL_MAX_BYTES = 76 * 1024
 
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2}
 
@@ -48,6 +63,23 @@ _SOURCE = r"""
 #endif
 typedef unsigned long long u64;
 typedef long long i64;
+
+#ifndef MAXACT_HIST_INC
+#define MAXACT_HIST_INC 0
+#endif
+
+/* Shared histogram increment. atomicAdd(p, 1) compiles to ATOMS.POPC.INC (lanes on one address are
+   combined first); with the 1 read from constant memory the compiler cannot see it and emits a plain
+   ATOMS.ADD. On an H200 both ran at the same speed on random data, and POPC.INC 4x faster on constant
+   data (every lane on one bin), so it is the default (scripts/gpu_check_cuda_hist.py, variant "atoms-add"). */
+__constant__ unsigned maxact_one = 1u;
+__device__ __forceinline__ void hist_inc(unsigned* p) {
+#if MAXACT_HIST_INC
+    atomicAdd(p, maxact_one);
+#else
+    atomicAdd(p, 1u);
+#endif
+}
 
 #define WLO   12160   /* first windowed bin: exponent field 95, i.e. |x| = 2^-32 */
 #define WBINS 8192    /* 64 binades x 128 mantissa bins: 2^-32 <= |x| < 2^32; slot WBINS is a dump */
@@ -104,7 +136,7 @@ __device__ __forceinline__ void visit(float v, unsigned* sh, u64* ghist, Acc& a,
     fs += vf; fs2 = fmaf(vf, vf, fs2); fsa += fabsf(vf);
     const unsigned w = (ab >> 16) - WLO;
     if (w < WBINS) {
-        atomicAdd(sh + w, 1u);
+        hist_inc(sh + w);
     } else if ((ab >> 16) == 0u) {
         nzero += 1u;
     } else if (ab > 0x7f800000u) {
@@ -154,73 +186,164 @@ template <int DT> __device__ __forceinline__ unsigned bin_of(unsigned w, int h, 
     return (__float_as_uint(v) & 0x7fffffffu) >> 16;
 }
 
-/* One 16-byte vector with no inf or NaN: the hot path, free of per-element branches so the compiler can
-   interleave the elements' atomics. Every element does one shared atomic: its window bin, or the dump
-   slot WBINS (never flushed) when outside the window. Bin 0 (zeros) is counted in a register; the rare
-   bins outside the window are redone once per vector on the global histogram. Min and max of 16-bit
-   types stay packed (pmn/pmx) until the end of the thread; the row maximum is tested once per vector. */
-template <int DT, bool ROWS>
-__device__ __forceinline__ void visit_vec_finite(const unsigned wv[4], unsigned* sh, u64* ghist, Acc& a,
-                                                 unsigned& pmn, unsigned& pmx, unsigned& nzero,
-                                                 float& rmax, int& rarg, int ch0) {
-    constexpr int PER_WORD = (DT == 2) ? 1 : 2;
-    constexpr int NE = 4 * PER_WORD;
-    float v[NE];
-    unsigned bn[NE];
+/* ---- per-channel max |x| in shared memory -------------------------------------------------------
+   One 32-bit word per channel holds the raw bits of its max |x| in the input's width (16 bits for
+   bf16/fp16, 32 for fp32). Bits of non-negative, non-NaN floats order like their values, so integer max
+   is value max and a record is one native shared atomicMax (no compare-and-swap retries when warps
+   race on a channel). The block starts from the global maxima (rounded towards zero, so they never
+   exceed the truth): almost every element then only compares. */
+
+template <int DT> __device__ __forceinline__ void ch_max_elem(unsigned* chw, int ch, unsigned abits) {
+    if (abits > chw[ch]) atomicMax(chw + ch, abits);
+}
+
+/* A 16-byte vector of bf16/fp16 at channels ch0..ch0+7 (ch0 a multiple of 8), packed |x| words aw[4]. */
+__device__ __forceinline__ void ch_max_vec16(unsigned* chw, int ch0, const unsigned aw[4]) {
+    const uint4 c0 = *(const uint4*)(chw + ch0);
+    const uint4 c1 = *(const uint4*)(chw + ch0 + 4);
+    const unsigned cur[8] = {c0.x, c0.y, c0.z, c0.w, c1.x, c1.y, c1.z, c1.w};
+    unsigned b[8];
+    bool gt = false;
     #pragma unroll
-    for (int j = 0; j < NE; ++j) {
-        v[j] = unpack<DT>(wv[j / PER_WORD], j % PER_WORD);
-        bn[j] = bin_of<DT>(wv[j / PER_WORD], j % PER_WORD, v[j]);
+    for (int j = 0; j < 8; ++j) {
+        b[j] = (j & 1) ? (aw[j >> 1] >> 16) : (aw[j >> 1] & 0xffffu);
+        gt |= b[j] > cur[j];
     }
-    float fs = 0.f, fs2 = 0.f, fsa = 0.f;
-    bool rare = false;
-    #pragma unroll
-    for (int j = 0; j < NE; ++j) {
-        fs += v[j]; fs2 = fmaf(v[j], v[j], fs2); fsa += fabsf(v[j]);
-        const unsigned w = bn[j] - WLO;
-        const bool in = w < WBINS;
-        atomicAdd(sh + (in ? w : WBINS), 1u);
-        nzero += (bn[j] == 0u);
-        rare |= !in & (bn[j] != 0u);
-    }
-    a.s += (double)fs; a.s2 += (double)fs2; a.sa += (double)fsa;
-    if (rare) {                               /* subnormal, tiny or huge (finite): global histogram */
+    if (gt) {                                  /* rare once the block has seen a few rows */
         #pragma unroll
-        for (int j = 0; j < NE; ++j) {
-            if (bn[j] - WLO >= WBINS && bn[j] != 0u) atomicAdd(ghist + bn[j], 1ull);
-        }
-    }
-    float vm;
-    if (DT != 2) {
-        unsigned vabs = 0u;
-        #pragma unroll
-        for (int k = 0; k < 4; ++k) {
-            pmn = pmin<DT == 2 ? 0 : DT>(pmn, wv[k]);
-            pmx = pmax<DT == 2 ? 0 : DT>(pmx, wv[k]);
-            if (ROWS) vabs = pmax<DT == 2 ? 0 : DT>(vabs, wv[k] & 0x7fff7fffu);
-        }
-        vm = fmaxf(unpack<DT>(vabs, 0), unpack<DT>(vabs, 1));
-    } else {
-        vm = 0.f;
-        #pragma unroll
-        for (int j = 0; j < NE; ++j) {
-            a.mn = fminf(a.mn, v[j]); a.mx = fmaxf(a.mx, v[j]);
-            vm = fmaxf(vm, fabsf(v[j]));
-        }
-    }
-    if (ROWS && vm > rmax) {                  /* rare after the first vectors: find the first channel */
-        rmax = vm;
-        #pragma unroll
-        for (int j = NE - 1; j >= 0; --j) {
-            if (fabsf(v[j]) == vm) rarg = ch0 + j;
-        }
+        for (int j = 0; j < 8; ++j) if (b[j] > cur[j]) atomicMax(chw + ch0 + j, b[j]);
     }
 }
 
+/* A 16-byte vector of fp32 at channels ch0..ch0+3, |x| bits aw[4]. */
+__device__ __forceinline__ void ch_max_vec32(unsigned* chw, int ch0, const unsigned aw[4]) {
+    const uint4 c = *(const uint4*)(chw + ch0);
+    const unsigned cur[4] = {c.x, c.y, c.z, c.w};
+    bool gt = false;
+    #pragma unroll
+    for (int j = 0; j < 4; ++j) gt |= aw[j] > cur[j];
+    if (gt) {
+        #pragma unroll
+        for (int j = 0; j < 4; ++j) if (aw[j] > cur[j]) atomicMax(chw + ch0 + j, aw[j]);
+    }
+}
+
+/* One 16-byte vector of bf16 or fp16 with no inf or NaN: the hot path. The vector's packed |x| min and
+   max (integer halves) decide whether every element lies in the shared window (bf16: 2^-32 <= |x| <
+   2^32; fp16: any non-zero value); then each element costs one shared atomic on its window bin and three
+   fp32 sums, with no per-element tests. Otherwise (zeros, tiny or huge values) each element is routed:
+   window bin, bin 0 counted in a register, or the global histogram. Min and max stay packed (pmn/pmx). */
+template <int DT, bool ROWS, bool CH>
+__device__ __forceinline__ void visit_vec16(const unsigned wv[4], unsigned* sh, u64* ghist, unsigned* chw,
+                                            Acc& a, unsigned& pmn, unsigned& pmx, unsigned& nzero,
+                                            float& rmax, int& rarg, int ch0) {
+    constexpr int D = DT == 2 ? 0 : DT;   /* keeps the 16-bit helpers instantiable */
+    unsigned aw[4];
+    #pragma unroll
+    for (int k = 0; k < 4; ++k) aw[k] = wv[k] & 0x7fff7fffu;
+    /* packed float min/max (native; exact on subnormals) of non-negative finite halves = integer order */
+    const unsigned vmax2 = pmax<D>(pmax<D>(aw[0], aw[1]), pmax<D>(aw[2], aw[3]));
+    const unsigned vmin2 = pmin<D>(pmin<D>(aw[0], aw[1]), pmin<D>(aw[2], aw[3]));
+    const unsigned hi = max(vmax2 & 0xffffu, vmax2 >> 16);
+    const unsigned lo = min(vmin2 & 0xffffu, vmin2 >> 16);
+    #pragma unroll
+    for (int k = 0; k < 4; ++k) { pmn = pmin<D>(pmn, wv[k]); pmx = pmax<D>(pmx, wv[k]); }
+    constexpr unsigned LO = DT == 0 ? (unsigned)WLO : 1u;
+    constexpr unsigned HI = DT == 0 ? (unsigned)(WLO + WBINS) : 0x7c00u;
+    float fs = 0.f, fs2 = 0.f, fsa = 0.f;
+    unsigned* shw = sh - WLO;                  /* window bin b lives at shw[b] */
+    if (lo >= LO && hi < HI) {
+        #pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const float v = unpack<D>(wv[j >> 1], j & 1);
+            const unsigned b = DT == 0 ? ((j & 1) ? (aw[j >> 1] >> 16) : (aw[j >> 1] & 0xffffu))
+                                       : (__float_as_uint(fabsf(v)) >> 16);
+            hist_inc(shw + b);
+            fs += v; fs2 = fmaf(v, v, fs2); fsa += fabsf(v);
+        }
+    } else {
+        #pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const float v = unpack<D>(wv[j >> 1], j & 1);
+            const unsigned b = (__float_as_uint(v) & 0x7fffffffu) >> 16;
+            fs += v; fs2 = fmaf(v, v, fs2); fsa += fabsf(v);
+            if (b - WLO < WBINS) hist_inc(shw + b);
+            else if (b == 0u) nzero += 1u;
+            else atomicAdd(ghist + b, 1ull);
+        }
+    }
+    a.s += (double)fs; a.s2 += (double)fs2; a.sa += (double)fsa;
+    if (ROWS) {
+        const float vm = DT == 0 ? __uint_as_float(hi << 16) : half_to_float((unsigned short)hi);
+        if (vm > rmax) {                      /* rare after the first vectors: find the first channel */
+            rmax = vm;
+            #pragma unroll
+            for (int j = 7; j >= 0; --j) {
+                if (fabsf(unpack<D>(wv[j >> 1], j & 1)) == vm) rarg = ch0 + j;
+            }
+        }
+    }
+    if (CH) ch_max_vec16(chw, ch0, aw);
+}
+
+/* One 16-byte vector of fp32 with no inf or NaN. Every element does one shared atomic: its window bin,
+   or the dump slot WBINS (never flushed) when outside the window; bin 0 (zeros) is counted in a
+   register; the rare bins outside the window are redone once per vector on the global histogram. */
+template <bool ROWS, bool CH>
+__device__ __forceinline__ void visit_vec32(const unsigned wv[4], unsigned* sh, u64* ghist, unsigned* chw,
+                                            Acc& a, unsigned& nzero, float& rmax, int& rarg, int ch0) {
+    float v[4];
+    unsigned bn[4], aw[4];
+    #pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        v[j] = __uint_as_float(wv[j]);
+        aw[j] = wv[j] & 0x7fffffffu;
+        bn[j] = aw[j] >> 16;
+    }
+    float fs = 0.f, fs2 = 0.f, fsa = 0.f, vm = 0.f;
+    bool rare = false;
+    #pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        fs += v[j]; fs2 = fmaf(v[j], v[j], fs2); fsa += fabsf(v[j]);
+        const unsigned w = bn[j] - WLO;
+        const bool in = w < WBINS;
+        hist_inc(sh + (in ? w : WBINS));
+        nzero += (bn[j] == 0u);
+        rare |= !in & (bn[j] != 0u);
+        a.mn = fminf(a.mn, v[j]); a.mx = fmaxf(a.mx, v[j]);
+        vm = fmaxf(vm, fabsf(v[j]));
+    }
+    a.s += (double)fs; a.s2 += (double)fs2; a.sa += (double)fsa;
+    if (rare) {
+        #pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            if (bn[j] - WLO >= WBINS && bn[j] != 0u) atomicAdd(ghist + bn[j], 1ull);
+        }
+    }
+    if (ROWS && vm > rmax) {
+        rmax = vm;
+        #pragma unroll
+        for (int j = 3; j >= 0; --j) {
+            if (fabsf(v[j]) == vm) rarg = ch0 + j;
+        }
+    }
+    if (CH) ch_max_vec32(chw, ch0, aw);
+}
+
+/* |x| bits of element h of word w in the input's width (16-bit types: the half's bits without sign). */
+template <int DT> __device__ __forceinline__ unsigned abits_of(unsigned w, int h) {
+    if (DT == 2) return w & 0x7fffffffu;
+    return (h == 0 ? w : (w >> 16)) & 0x7fffu;
+}
+template <int DT> struct NanAbove;   /* |x| bits above this are NaN */
+template <> struct NanAbove<0> { static constexpr unsigned V = 0x7f80u; };
+template <> struct NanAbove<1> { static constexpr unsigned V = 0x7c00u; };
+template <> struct NanAbove<2> { static constexpr unsigned V = 0x7f800000u; };
+
 /* One loaded 16-byte vector starting at channel ch0: the finite fast path, or element by element. */
-template <int DT, bool ROWS>
-__device__ __forceinline__ void process_vec(const uint4 q, int ch0, unsigned* sh, u64* hist, Acc& a,
-                                            unsigned& pmn, unsigned& pmx, unsigned& nzero,
+template <int DT, bool ROWS, bool CH>
+__device__ __forceinline__ void process_vec(const uint4 q, int ch0, unsigned* sh, u64* hist, unsigned* chw,
+                                            Acc& a, unsigned& pmn, unsigned& pmx, unsigned& nzero,
                                             float& rmax, int& rarg) {
     constexpr int PER_WORD = (DT == 2) ? 1 : 2;
     const unsigned wv[4] = {q.x, q.y, q.z, q.w};
@@ -231,7 +354,8 @@ __device__ __forceinline__ void process_vec(const uint4 q, int ch0, unsigned* sh
         else nonfinite |= __vcmpeq2(wv[k] & Exp16<DT == 2 ? 0 : DT>::M, Exp16<DT == 2 ? 0 : DT>::M);
     }
     if (nonfinite == 0u) {
-        visit_vec_finite<DT, ROWS>(wv, sh, hist, a, pmn, pmx, nzero, rmax, rarg, ch0);
+        if (DT == 2) visit_vec32<ROWS, CH>(wv, sh, hist, chw, a, nzero, rmax, rarg, ch0);
+        else visit_vec16<DT, ROWS, CH>(wv, sh, hist, chw, a, pmn, pmx, nzero, rmax, rarg, ch0);
         return;
     }
     float fs = 0.f, fs2 = 0.f, fsa = 0.f;
@@ -240,6 +364,8 @@ __device__ __forceinline__ void process_vec(const uint4 q, int ch0, unsigned* sh
         #pragma unroll
         for (int h = 0; h < PER_WORD; ++h) {
             visit<ROWS>(unpack<DT>(wv[k], h), sh, hist, a, nzero, fs, fs2, fsa, rmax, rarg, ch0 + k * PER_WORD + h);
+            const unsigned ab = abits_of<DT>(wv[k], h);
+            if (CH && ab <= NanAbove<DT>::V) ch_max_elem<DT>(chw, ch0 + k * PER_WORD + h, ab);
         }
     }
     a.s += (double)fs; a.s2 += (double)fs2; a.sa += (double)fsa;
@@ -271,7 +397,9 @@ __device__ __forceinline__ void finish_row(i64 row, int lane, float rmax, int ra
     }
 }
 
-template <int DT, bool VEC, bool ROWS, int UNROLL>
+#define SH_HIST_WORDS (WBINS + 4)   /* window bins, the dump slot, padding to 16 bytes */
+
+template <int DT, bool VEC, bool ROWS, bool CH, int UNROLL>
 __global__ void __launch_bounds__(512, MAXACT_MIN_BLOCKS) maxact_fused_stats(
     const char* __restrict__ x, i64 n_rows, i64 n_cols, i64 row_stride_bytes,
     const unsigned char* __restrict__ mask,           /* [n_rows] or null */
@@ -281,10 +409,28 @@ __global__ void __launch_bounds__(512, MAXACT_MIN_BLOCKS) maxact_fused_stats(
     u64* __restrict__ hist,                            /* [32768] */
     float* __restrict__ row_absmax, int* __restrict__ row_argmax, i64* __restrict__ rowkey,
     const i64* __restrict__ sample_ids,                /* [n_rows] or null */
-    float* __restrict__ sample_max, i64 n_samples, i64* __restrict__ sample_oor)
+    float* __restrict__ sample_max, i64 n_samples, i64* __restrict__ sample_oor,
+    float* __restrict__ channel_max,                   /* [n_cols] when CH */
+    int reverse)                                       /* visit rows last to first (hot in L2 first) */
 {
-    __shared__ unsigned sh[WBINS + 1];
+    extern __shared__ __align__(16) unsigned smem[];
+    unsigned* sh = smem;                               /* [SH_HIST_WORDS] */
+    unsigned* chw = smem + SH_HIST_WORDS;              /* channel maxima (CH) */
     for (int i = threadIdx.x; i < WBINS + 1; i += blockDim.x) sh[i] = 0u;
+    if (CH) {
+        /* start from the global maxima, rounded towards zero in the input's width */
+        const int nch = (int)((n_cols + 7) & ~7LL);
+        for (int c = threadIdx.x; c < nch; c += blockDim.x) {
+            const float g = c < n_cols ? channel_max[c] : 0.f;
+            if (DT == 2) chw[c] = __float_as_uint(g);
+            else if (DT == 0) chw[c] = __float_as_uint(g) >> 16;
+            else {
+                unsigned short h;
+                asm("cvt.rz.f16.f32 %0, %1;" : "=h"(h) : "f"(g));
+                chw[c] = h;
+            }
+        }
+    }
     __syncthreads();
 
     const int lane = threadIdx.x & 31;  /* one warp per row */
@@ -304,9 +450,10 @@ __global__ void __launch_bounds__(512, MAXACT_MIN_BLOCKS) maxact_fused_stats(
 
     const i64 step = (i64)gridDim.x * nwarps;
     /* masked rows get -1 row outputs and are skipped; returns the first valid row at or after r */
+    auto phys = [&](i64 r) { return reverse ? n_rows - 1 - r : r; };
     auto next_valid = [&](i64 r) {
-        while (r < n_rows && mask != nullptr && mask[r] == 0) {
-            if (ROWS && lane == 0) { row_absmax[r] = -1.f; row_argmax[r] = -1; rowkey[r] = -1; }
+        while (r < n_rows && mask != nullptr && mask[phys(r)] == 0) {
+            if (ROWS && lane == 0) { const i64 p = phys(r); row_absmax[p] = -1.f; row_argmax[p] = -1; rowkey[p] = -1; }
             r += step;
         }
         return r;
@@ -324,7 +471,7 @@ __global__ void __launch_bounds__(512, MAXACT_MIN_BLOCKS) maxact_fused_stats(
         i64 c = 0;
         uint4 q[UNROLL];
         auto load_chunk = [&](i64 r, i64 cc) {
-            const uint4* vp = (const uint4*)(x + r * row_stride_bytes);
+            const uint4* vp = (const uint4*)(x + phys(r) * row_stride_bytes);
             #pragma unroll
             for (int u = 0; u < UNROLL; ++u) {
                 const i64 v = cc * chunk + lane + (i64)u * 32;
@@ -342,25 +489,31 @@ __global__ void __launch_bounds__(512, MAXACT_MIN_BLOCKS) maxact_fused_stats(
             #pragma unroll
             for (int u = 0; u < UNROLL; ++u) {
                 const i64 v = cur_c * chunk + lane + (i64)u * 32;
-                if (v < nvec) process_vec<DT, ROWS>(cur[u], (int)(v * PV), sh, hist, a, pmn, pmx, nzero, rmax, rarg);
+                if (v < nvec) process_vec<DT, ROWS, CH>(cur[u], (int)(v * PV), sh, hist, chw, a, pmn, pmx, nzero, rmax, rarg);
             }
             if (cur_c == cpr - 1) {
                 if (lane == 0) a.n += (unsigned)n_cols;
-                if (ROWS) finish_row(cur_row, lane, rmax, rarg, row_absmax, row_argmax, rowkey,
+                if (ROWS) finish_row(phys(cur_row), lane, rmax, rarg, row_absmax, row_argmax, rowkey,
                                      sample_ids, sample_max, n_samples, sample_oor);
                 rmax = -1.f; rarg = -1;
             }
         }
     } else {
         for (i64 row = next_valid((i64)blockIdx.x * nwarps + warp); row < n_rows; row = next_valid(row + step)) {
-            const char* rp = x + row * row_stride_bytes;
+            const char* rp = x + phys(row) * row_stride_bytes;
             for (i64 c = lane; c < n_cols; c += 32) {
                 float fs = 0.f, fs2 = 0.f, fsa = 0.f;
-                visit<ROWS>(load_scalar<DT>(rp, c), sh, hist, a, nzero, fs, fs2, fsa, rmax, rarg, (int)c);
+                const float v = load_scalar<DT>(rp, c);
+                visit<ROWS>(v, sh, hist, a, nzero, fs, fs2, fsa, rmax, rarg, (int)c);
                 a.s += (double)fs; a.s2 += (double)fs2; a.sa += (double)fsa;
+                if (CH) {
+                    const unsigned ab = DT == 2 ? (__float_as_uint(v) & 0x7fffffffu)
+                                                : ((const unsigned short*)rp)[c] & 0x7fffu;
+                    if (ab <= NanAbove<DT>::V) ch_max_elem<DT>(chw, (int)c, ab);
+                }
             }
             if (lane == 0) a.n += (unsigned)n_cols;
-            if (ROWS) finish_row(row, lane, rmax, rarg, row_absmax, row_argmax, rowkey,
+            if (ROWS) finish_row(phys(row), lane, rmax, rarg, row_absmax, row_argmax, rowkey,
                                  sample_ids, sample_max, n_samples, sample_oor);
             rmax = -1.f; rarg = -1;
         }
@@ -403,6 +556,15 @@ __global__ void __launch_bounds__(512, MAXACT_MIN_BLOCKS) maxact_fused_stats(
         unsigned c = sh[i];
         if (c) atomicAdd(hist + WLO + i, (u64)c);
     }
+    if (CH) {   /* only channels whose block max beats the global one (as last seen) take an atomic */
+        for (int c = threadIdx.x; c < n_cols; c += blockDim.x) {
+            float v;
+            if (DT == 2) v = __uint_as_float(chw[c]);
+            else if (DT == 0) v = __uint_as_float(chw[c] << 16);
+            else v = half_to_float((unsigned short)chw[c]);
+            if (v > *(volatile float*)(channel_max + c)) atomicMax((int*)(channel_max + c), __float_as_int(v));
+        }
+    }
 }
 """
 
@@ -443,22 +605,45 @@ def available(device: torch.device | str | None = None) -> bool:
     return _cuda_core() is not None
 
 
+def _source() -> str:
+    return f"#define MAXACT_MIN_BLOCKS {_BLOCKS_PER_SM}\n#define MAXACT_HIST_INC {_HIST_INC}\n" + _SOURCE
+
+
+def _compile(cc, source: str, arch: str, name: str, target: str = "cubin"):
+    """NVRTC-compile one instantiation of ``source`` (``target`` "cubin" or "ptx")."""
+    opts = cc.ProgramOptions(std="c++17", arch=arch)
+    prog = cc.Program(source, code_type="c++", options=opts)
+    return prog.compile(target, name_expressions=(name,))
+
+
+def kernel_name(dtype_code: int, vec: bool, rows: bool, channels: bool) -> str:
+    b = lambda f: "true" if f else "false"  # noqa: E731
+    return f"maxact_fused_stats<{dtype_code}, {b(vec)}, {b(rows)}, {b(channels)}, {_UNROLL}>"
+
+
 @functools.lru_cache(maxsize=None)
-def _kernel(device_index: int, dtype_code: int, vec: bool, rows: bool):
+def _kernel(device_index: int, dtype_code: int, vec: bool, rows: bool, channels: bool):
     cc = _cuda_core()
     dev = cc.Device(device_index)
     dev.set_current()
     major, minor = torch.cuda.get_device_capability(device_index)
-    opts = cc.ProgramOptions(std="c++17", arch=f"sm_{major}{minor}")
-    name = f"maxact_fused_stats<{dtype_code}, {'true' if vec else 'false'}, {'true' if rows else 'false'}, {_UNROLL}>"
-    source = f"#define MAXACT_MIN_BLOCKS {_BLOCKS_PER_SM}\n" + _SOURCE
-    prog = cc.Program(source, code_type="c++", options=opts)
-    module = prog.compile("cubin", name_expressions=(name,))
-    kernel = module.get_kernel(name)
+    name = kernel_name(dtype_code, vec, rows, channels)
+    kernel = _compile(cc, _source(), f"sm_{major}{minor}", name).get_kernel(name)
     attrs = kernel.attributes
     logger.info("compiled %s for sm_%d%d: %d registers, %d bytes local memory",
                 name, major, minor, attrs.num_regs, attrs.local_size_bytes)
     return kernel
+
+
+@functools.lru_cache(maxsize=None)
+def _allow_shared(kernel, device_index: int, nbytes: int) -> None:
+    """Opt ``kernel`` in to ``nbytes`` of dynamic shared memory (needed above 48 KiB); once per size."""
+    from cuda.bindings import driver
+
+    attr = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+    (err,) = driver.cuKernelSetAttribute(attr, nbytes, kernel.handle, device_index)
+    if err != driver.CUresult.CUDA_SUCCESS:
+        raise RuntimeError(f"cuKernelSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES, {nbytes}) failed: {err}")
 
 
 @functools.lru_cache(maxsize=None)
@@ -484,6 +669,7 @@ def fused_stats(
     sample_ids: torch.Tensor | None = None,
     sample_abs_max: torch.Tensor | None = None,
     sample_oor: torch.Tensor | None = None,
+    channel_abs_max: torch.Tensor | None = None,
 ) -> None:
     """Accumulate one [rows, channels] tensor into the state tensors, on torch's current stream.
 
@@ -492,7 +678,8 @@ def fused_stats(
     accumulated into. When ``row_absmax`` is given, ``row_argmax`` (int32) and ``rowkey`` (int64) must be
     too: they are overwritten for every row (-1 for masked rows and rows with no non-NaN value).
     ``sample_abs_max`` (float32[N], values >= 0) takes an atomic max per row at ``sample_ids[row]``;
-    ids outside [0, N) are counted in ``sample_oor``.
+    ids outside [0, N) are counted in ``sample_oor``. ``channel_abs_max`` (float32[C], values >= 0)
+    takes the per-channel max |x| (only when :func:`channels_fit`).
     """
     if x2d.dim() != 2:
         raise ValueError(f"fused_stats expects a 2-D [rows, channels] tensor, got shape {tuple(x2d.shape)}")
@@ -524,8 +711,14 @@ def fused_stats(
         and x2d.stride(0) % vec_elems == 0
         and x2d.data_ptr() % 16 == 0
     )
+    channels = channel_abs_max is not None
+    if channels and not channels_fit(n_cols, x2d.dtype):
+        raise ValueError(f"{n_cols} channels of {x2d.dtype} do not fit the fused kernel's shared memory")
     dev_index = x2d.device.index if x2d.device.index is not None else torch.cuda.current_device()
-    kernel = _kernel(dev_index, _DTYPE_CODE[x2d.dtype], vec, rows)
+    kernel = _kernel(dev_index, _DTYPE_CODE[x2d.dtype], vec, rows, channels)
+    shmem = _SH_HIST_BYTES + (_channel_bytes(n_cols, x2d.dtype) if channels else 0)
+    if shmem > 48 * 1024:
+        _allow_shared(kernel, dev_index, _SH_HIST_BYTES + CHANNEL_MAX_BYTES)
 
     warps = _BLOCK // 32
     by_rows = -(-n_rows // warps)
@@ -534,7 +727,7 @@ def fused_stats(
 
     cc = _cuda_core()
     stream = _stream(torch.cuda.current_stream(x2d.device).cuda_stream)
-    config = cc.LaunchConfig(grid=grid, block=_BLOCK)
+    config = cc.LaunchConfig(grid=grid, block=_BLOCK, shmem_size=shmem)
     p = np.uintp  # pointer-sized kernel parameters
     cc.launch(
         stream, config, kernel,
@@ -545,4 +738,15 @@ def fused_stats(
         p(_ptr(sample_ids)),
         p(_ptr(sample_abs_max)), np.int64(0 if sample_abs_max is None else sample_abs_max.numel()),
         p(_ptr(sample_oor)),
+        p(_ptr(channel_abs_max)), np.int32(_REVERSE),
     )
+
+
+def _channel_bytes(n_cols: int, dtype: torch.dtype) -> int:
+    """Shared bytes of the channel maxima: one 32-bit word per channel, padded to 8 channels."""
+    return -(-n_cols // 8) * 8 * 4
+
+
+def channels_fit(n_cols: int, dtype: torch.dtype) -> bool:
+    """Whether the fused kernel can keep ``n_cols`` channel maxima of ``dtype`` in shared memory."""
+    return _channel_bytes(n_cols, dtype) <= CHANNEL_MAX_BYTES

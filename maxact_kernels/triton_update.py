@@ -2,7 +2,8 @@
 
 On a CUDA device with ``cuda-core`` installed, ``cuda_hist.fused_stats`` (CUDA C++, shared-memory
 histogram) reads x once for the histogram, counts, sums, min/max and, when needed, the row maxima,
-row keys and per-sample maxima; the Triton rows kernel then runs only for per-channel maxima. Without
+row keys, per-sample maxima and per-channel maxima (the Triton rows kernel takes the channel maxima
+only of tensors too wide for its shared memory: more than 19456 channels). Without
 ``cuda-core`` (one warning) and on the CPU (Triton interpreter), the Triton rows kernel does all of it,
 its histogram by global atomics. Token statistics and top-k are Triton in both cases.
 
@@ -102,14 +103,16 @@ def update(
             from . import cuda_hist
 
             samples = bool(cfg.num_samples)
+            fused_channels = cfg.track_channels and cuda_hist.channels_fit(x2d.shape[1], x2d.dtype)
             cuda_hist.fused_stats(
                 x2d, row_mask, state.counts, state.sums, state.minmax, state.abs_hist,
                 row_absmax=row_absmax, row_argmax=row_argmax, rowkey=rowkey,
                 sample_ids=sample_ids if samples else None,
                 sample_abs_max=state.sample_abs_max if samples else None,
                 sample_oor=state.sample_oor if samples else None,
+                channel_abs_max=state.channel_abs_max if fused_channels else None,
             )
-            if cfg.track_channels:
+            if cfg.track_channels and not fused_channels:  # too wide for shared memory: a second pass
                 triton_rows.rows_update(x2d, mask_u8, state, do_basic=False, do_hist=False, do_channels=True,
                                         rowpack=None)
         else:

@@ -29,7 +29,7 @@ def make(shape, dtype, specials=True):
     return x.to(dtype)
 
 
-def state(n_rows, n_samples=64):
+def state(n_rows, n_cols=1, n_samples=64):
     return dict(
         counts=torch.zeros(4, dtype=torch.int64, device=dev),
         sums=torch.zeros(3, dtype=torch.float64, device=dev),
@@ -40,6 +40,7 @@ def state(n_rows, n_samples=64):
         rowkey=torch.empty(n_rows, dtype=torch.int64, device=dev),
         sample_abs_max=torch.zeros(n_samples, device=dev),
         sample_oor=torch.zeros(1, dtype=torch.int64, device=dev),
+        channel_abs_max=torch.zeros(n_cols, device=dev),
     )
 
 
@@ -59,7 +60,9 @@ def expected(x2d, mask, sample_ids, n_samples):
     smax = torch.zeros(n_samples, device=dev)
     ok = valid & (rmax >= 0)
     smax.scatter_reduce_(0, sample_ids[ok], rmax[ok], reduce="amax")
+    cmax = torch.where(torch.isnan(xf) | ~valid[:, None], 0.0, xf.abs()).amax(dim=0) if xf.shape[0] else None
     return dict(
+        cmax=cmax,
         counts=[int((~nan).sum()), int(nan.sum()), int((v == float("inf")).sum()), int((v == -float("inf")).sum())],
         sums=[d.sum().item(), (d * d).sum().item(), d.abs().sum().item()],
         minmax=[(vv.min() + 0.0).item() if vv.numel() else float("inf"), (vv.max() + 0.0).item() if vv.numel() else -float("inf")],
@@ -76,12 +79,19 @@ def check(shape, dtype, masked, noncontig=False, specials=True):
     n = x2d.shape[0]
     mask = (torch.rand(n, device=dev) > 0.3) if masked else None
     sids = torch.randint(0, 64, (n,), device=dev)
-    st = state(n)
+    st = state(n, x2d.shape[1])
+    # a prior channel max (some channels above this tensor's maxima) exercises the shared start values
+    prior = torch.where(torch.rand(x2d.shape[1], device=dev) > 0.5, torch.rand(x2d.shape[1], device=dev) * 3, 0.0)
+    st["channel_abs_max"].copy_(prior)
+    fit = ch.channels_fit(x2d.shape[1], x2d.dtype)
     ch.fused_stats(x2d, mask, st["counts"], st["sums"], st["minmax"], st["abs_hist"],
                    row_absmax=st["row_absmax"], row_argmax=st["row_argmax"], rowkey=st["rowkey"],
-                   sample_ids=sids, sample_abs_max=st["sample_abs_max"], sample_oor=st["sample_oor"])
+                   sample_ids=sids, sample_abs_max=st["sample_abs_max"], sample_oor=st["sample_oor"],
+                   channel_abs_max=st["channel_abs_max"] if fit else None)
     e = expected(x2d, mask, sids, 64)
     errs = []
+    if fit and not torch.equal(st["channel_abs_max"], torch.maximum(prior, e["cmax"])):
+        errs.append(f"channel_abs_max differs in {(st['channel_abs_max'] != torch.maximum(prior, e['cmax'])).sum().item()}")
     if st["counts"].tolist() != e["counts"]: errs.append(f"counts {st['counts'].tolist()} vs {e['counts']}")
     for i, (got, want) in enumerate(zip(st["sums"].tolist(), e["sums"])):
         if abs(got - want) > 1e-6 * max(e["sums"][2] if i == 0 else abs(want), 1e-30):
@@ -114,29 +124,48 @@ for k, v in list(bad.items())[:20]:
 def bench(fn):
     return triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median")
 
-for shape in [(16384, 4096), (16384, 12288), (4096, 1536), (32768, 1536), (16384, 1536)]:
-    xs = [make(shape, torch.bfloat16, specials=False) for _ in range(3)]
-    dst = torch.empty_like(xs[0])
-    nbytes = xs[0].numel() * 2
-    i = [0]
-    def nxt():
-        i[0] = (i[0] + 1) % 3
-        return xs[i[0]]
-    t_copy = bench(lambda: dst.copy_(nxt()))
-    copy_bw = 2 * nbytes / t_copy / 1e9       # TB/s... in GB/ms -> bytes read + written
-    st = state(shape[0])
-    t_basic = bench(lambda: ch.fused_stats(nxt(), None, st["counts"], st["sums"], st["minmax"], st["abs_hist"]))
-    mask = torch.ones(shape[0], dtype=torch.bool, device=dev)
-    sids = torch.randint(0, 64, (shape[0],), device=dev)
-    t_rows = bench(lambda: ch.fused_stats(nxt(), mask, st["counts"], st["sums"], st["minmax"], st["abs_hist"],
-                   row_absmax=st["row_absmax"], row_argmax=st["row_argmax"], rowkey=st["rowkey"],
-                   sample_ids=sids, sample_abs_max=st["sample_abs_max"], sample_oor=st["sample_oor"]))
-    read_bw = lambda t: nbytes / t / 1e9
-    row = {"copy_ms": t_copy, "copy_TBps_rw": copy_bw, "basic_ms": t_basic, "rows_ms": t_rows,
-           "basic_frac_of_copy": read_bw(t_basic) / copy_bw, "rows_frac_of_copy": read_bw(t_rows) / copy_bw}
-    results["timing"][str(shape)] = row
-    print(f"{str(shape):16s} copy {t_copy*1e3:8.1f} us ({copy_bw:.2f} TB/s r+w) | basic {t_basic*1e3:8.1f} us "
-          f"= {row['basic_frac_of_copy']:.3f} of copy | +rows/samples {t_rows*1e3:8.1f} us = {row['rows_frac_of_copy']:.3f}")
+def time_shapes(label):
+    for shape in [(16384, 4096), (16384, 12288), (4096, 1536), (32768, 1536), (32768, 8960)]:
+        xs = [make(shape, torch.bfloat16, specials=False) for _ in range(3)]
+        dst = torch.empty_like(xs[0])
+        nbytes = xs[0].numel() * 2
+        i = [0]
+        def nxt():
+            i[0] = (i[0] + 1) % 3
+            return xs[i[0]]
+        t_copy = bench(lambda: dst.copy_(nxt()))
+        copy_bw = 2 * nbytes / t_copy / 1e9       # TB/s... in GB/ms -> bytes read + written
+        st = state(shape[0], shape[1])
+        t_basic = bench(lambda: ch.fused_stats(nxt(), None, st["counts"], st["sums"], st["minmax"], st["abs_hist"]))
+        mask = torch.ones(shape[0], dtype=torch.bool, device=dev)
+        sids = torch.randint(0, 64, (shape[0],), device=dev)
+        rows_kw = dict(row_absmax=st["row_absmax"], row_argmax=st["row_argmax"], rowkey=st["rowkey"],
+                       sample_ids=sids, sample_abs_max=st["sample_abs_max"], sample_oor=st["sample_oor"])
+        t_rows = bench(lambda: ch.fused_stats(nxt(), mask, st["counts"], st["sums"], st["minmax"], st["abs_hist"], **rows_kw))
+        t_full = bench(lambda: ch.fused_stats(nxt(), mask, st["counts"], st["sums"], st["minmax"], st["abs_hist"],
+                                              channel_abs_max=st["channel_abs_max"], **rows_kw))
+        t_amax = bench(lambda: nxt().abs().amax())
+        read_bw = lambda t: nbytes / t / 1e9
+        row = {"copy_ms": t_copy, "copy_TBps_rw": copy_bw, "basic_ms": t_basic, "rows_ms": t_rows, "full_ms": t_full,
+               "basic_frac_of_copy": read_bw(t_basic) / copy_bw, "rows_frac_of_copy": read_bw(t_rows) / copy_bw,
+               "full_frac_of_copy": read_bw(t_full) / copy_bw}
+        results["timing"][f"{label} {shape}"] = row
+        print(f"{label:10s} {str(shape):15s} copy {t_copy*1e3:7.1f} us ({copy_bw:.2f} TB/s) | basic {t_basic*1e3:7.1f} us "
+              f"{row['basic_frac_of_copy']:.3f} | +rows/samples {t_rows*1e3:7.1f} {row['rows_frac_of_copy']:.3f} | "
+              f"+channels {t_full*1e3:7.1f} {row['full_frac_of_copy']:.3f} | torch abs().amax {t_amax*1e3:7.1f}", flush=True)
+
+
+VARIANTS = {"default": {}, "fwd-order": {"_REVERSE": 0}, "unroll4": {"_UNROLL": 4}, "1blk/SM": {"_BLOCKS_PER_SM": 1},
+            "atoms-add": {"_HIST_INC": 1}}
+for label in (sys.argv[2].split(",") if len(sys.argv) > 2 else ["default"]):
+    saved = {k: getattr(ch, k) for k in VARIANTS[label]}
+    for k, v in VARIANTS[label].items():
+        setattr(ch, k, v)
+    ch._kernel.cache_clear()
+    time_shapes(label)
+    for k, v in saved.items():
+        setattr(ch, k, v)
+    ch._kernel.cache_clear()
 x = torch.ones(16384, 4096, device=dev, dtype=torch.bfloat16)
 st = state(16384)
 for name, x in [("constant", torch.ones(16384, 4096, device=dev, dtype=torch.bfloat16)),

@@ -1,0 +1,79 @@
+"""The CUDA C++ fused-statistics kernel compiles on a machine without a GPU.
+
+NVRTC (the ``nvidia-cuda-nvrtc`` wheel, driven through ``cuda-bindings``, both in the ``test`` extra)
+needs no driver, so this compiles every instantiation the launcher can ask for, for the A100 (sm_80)
+and the H100/H200 (sm_90), exactly as ``cuda_hist._kernel`` does on a GPU machine. It catches
+syntax and template errors before a device run; the GPU checks (``test_gpu.py``) test the results.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+nvrtc = pytest.importorskip("cuda.bindings.nvrtc", reason="cuda-bindings is not installed (extra 'test')")
+
+from maxact_kernels import cuda_hist  # noqa: E402
+
+VARIANTS = list(itertools.product(range(3), (True, False), (True, False), (True, False)))
+
+
+def _nvrtc_ok():
+    try:
+        err, _major, _minor = nvrtc.nvrtcVersion()
+    except Exception as exc:  # the library itself is missing
+        return str(exc)
+    return None if err == nvrtc.nvrtcResult.NVRTC_SUCCESS else str(err)
+
+
+def _compile(arch: str, names: list[str]) -> tuple[bool, str, bytes]:
+    src = cuda_hist._source().encode()
+    err, prog = nvrtc.nvrtcCreateProgram(src, b"maxact_fused_stats.cu", 0, [], [])
+    assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS, err
+    try:
+        for name in names:
+            (err,) = nvrtc.nvrtcAddNameExpression(prog, name.encode())
+            assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS, err
+        opts = [b"-std=c++17", f"--gpu-architecture={arch}".encode()]
+        (res,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
+        _, size = nvrtc.nvrtcGetProgramLogSize(prog)
+        log = b" " * size
+        nvrtc.nvrtcGetProgramLog(prog, log)
+        ptx = b""
+        if res == nvrtc.nvrtcResult.NVRTC_SUCCESS:
+            _, psize = nvrtc.nvrtcGetPTXSize(prog)
+            ptx = b" " * psize
+            nvrtc.nvrtcGetPTX(prog, ptx)
+        return res == nvrtc.nvrtcResult.NVRTC_SUCCESS, log.decode(errors="replace"), ptx
+    finally:
+        nvrtc.nvrtcDestroyProgram(prog)
+
+
+@pytest.fixture(scope="module")
+def nvrtc_ready():
+    problem = _nvrtc_ok()
+    if problem is not None:
+        pytest.skip(f"NVRTC cannot run here ({problem}); install the 'test' extra (nvidia-cuda-nvrtc)")
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_every_variant_compiles(nvrtc_ready, arch):
+    names = [cuda_hist.kernel_name(*v) for v in VARIANTS]
+    ok, log, ptx = _compile(arch, names)
+    assert ok, log
+    assert "error" not in log.lower(), log
+    # one entry point per instantiation, each with the dynamic shared memory it needs declared extern
+    assert ptx.count(b".entry") == len(VARIANTS)
+    assert b".extern .shared" in ptx
+
+
+def test_channel_fit_limits():
+    # one 32-bit word per channel, padded to 8 channels, within CHANNEL_MAX_BYTES
+    import torch
+
+    limit = cuda_hist.CHANNEL_MAX_BYTES // 4
+    assert cuda_hist.channels_fit(limit, torch.bfloat16)
+    assert cuda_hist.channels_fit(18944, torch.bfloat16)      # Qwen2.5-7B's MLP width
+    assert not cuda_hist.channels_fit(limit + 1, torch.float32)
+    assert cuda_hist._channel_bytes(1, torch.float16) == 32
