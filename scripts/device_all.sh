@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check and benchmark of maxact in one device call (about 6-8 minutes on an H100).
+# Every GPU check and benchmark of maxact in one device call (about 8-10 minutes on an H100 or H200).
 # Usage on the GPU machine, from the repository root:  OUT=/some/dir bash scripts/device_all.sh
 set -uo pipefail
 export PYTHONPATH=. PYTHONUNBUFFERED=1
@@ -12,3 +12,4 @@ python3 -m tests.kernels.gpu_checks 2>&1 | tee "$OUT/kernels_gpu.log" | tail -5
 python3 tests/scan/gpu_scan_checks.py 2>&1 | tee "$OUT/scan_gpu.log" | tail -5
 python3 -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tee "$OUT/gpu_tests.log" | tail -3
 python3 -m pytest -q -p no:cacheprovider benchmarks/ --benchmark-only -s 2>&1 | tee "$OUT/bench.log" | grep -E "tok/s|x bare|of copy|passed|failed"
+python3 scripts/profile_scan.py "$OUT" 2>&1 | tee "$OUT/profile.log" | grep -E "==|^  [a-z_]"
