@@ -180,12 +180,6 @@ template <int DT> struct Exp16;
 template <> struct Exp16<0> { static constexpr unsigned M = 0x7f807f80u; };
 template <> struct Exp16<1> { static constexpr unsigned M = 0x7c007c00u; };
 
-/* Histogram bin (float32 bits of |x| >> 16) of element h of word w holding value v. */
-template <int DT> __device__ __forceinline__ unsigned bin_of(unsigned w, int h, float v) {
-    if (DT == 0) return (h == 0 ? w : (w >> 16)) & 0x7fffu;     /* bf16: the raw bits are the bin */
-    return (__float_as_uint(v) & 0x7fffffffu) >> 16;
-}
-
 /* ---- per-channel max |x| in shared memory -------------------------------------------------------
    One 32-bit word per channel holds the raw bits of its max |x| in the input's width (16 bits for
    bf16/fp16, 32 for fp32). Bits of non-negative, non-NaN floats order like their values, so integer max
@@ -193,7 +187,7 @@ template <int DT> __device__ __forceinline__ unsigned bin_of(unsigned w, int h, 
    race on a channel). The block starts from the global maxima (rounded towards zero, so they never
    exceed the truth): almost every element then only compares. */
 
-template <int DT> __device__ __forceinline__ void ch_max_elem(unsigned* chw, int ch, unsigned abits) {
+__device__ __forceinline__ void ch_max_elem(unsigned* chw, int ch, unsigned abits) {
     if (abits > chw[ch]) atomicMax(chw + ch, abits);
 }
 
@@ -365,7 +359,7 @@ __device__ __forceinline__ void process_vec(const uint4 q, int ch0, unsigned* sh
         for (int h = 0; h < PER_WORD; ++h) {
             visit<ROWS>(unpack<DT>(wv[k], h), sh, hist, a, nzero, fs, fs2, fsa, rmax, rarg, ch0 + k * PER_WORD + h);
             const unsigned ab = abits_of<DT>(wv[k], h);
-            if (CH && ab <= NanAbove<DT>::V) ch_max_elem<DT>(chw, ch0 + k * PER_WORD + h, ab);
+            if (CH && ab <= NanAbove<DT>::V) ch_max_elem(chw, ch0 + k * PER_WORD + h, ab);
         }
     }
     a.s += (double)fs; a.s2 += (double)fs2; a.sa += (double)fsa;
@@ -437,7 +431,6 @@ __global__ void __launch_bounds__(512, MAXACT_MIN_BLOCKS) maxact_fused_stats(
     const int warp = threadIdx.x >> 5;
     const int nwarps = blockDim.x >> 5;
     constexpr int PV = Elem<DT>::PER_VEC;
-    constexpr int PER_WORD = (DT == 2) ? 1 : 2;   /* elements per 32-bit word */
 
     Acc a;
     a.s = 0.0; a.s2 = 0.0; a.sa = 0.0;
@@ -509,7 +502,7 @@ __global__ void __launch_bounds__(512, MAXACT_MIN_BLOCKS) maxact_fused_stats(
                 if (CH) {
                     const unsigned ab = DT == 2 ? (__float_as_uint(v) & 0x7fffffffu)
                                                 : ((const unsigned short*)rp)[c] & 0x7fffu;
-                    if (ab <= NanAbove<DT>::V) ch_max_elem<DT>(chw, (int)c, ab);
+                    if (ab <= NanAbove<DT>::V) ch_max_elem(chw, (int)c, ab);
                 }
             }
             if (lane == 0) a.n += (unsigned)n_cols;

@@ -1,5 +1,6 @@
 """Device check of the CUDA C++ fused statistics kernel: exactness against float64 torch, then speed
-against a device-to-device copy measured in the same run. Usage: python scripts/gpu_check_cuda_hist.py [OUT_DIR]"""
+against a device-to-device copy measured in the same run.
+Usage: python scripts/gpu_check_cuda_hist.py [OUT_DIR [VARIANT,...|none]] (variants: see VARIANTS below)"""
 
 import json
 import logging
@@ -157,7 +158,9 @@ def time_shapes(label):
 
 VARIANTS = {"default": {}, "fwd-order": {"_REVERSE": 0}, "unroll4": {"_UNROLL": 4}, "1blk/SM": {"_BLOCKS_PER_SM": 1},
             "atoms-add": {"_HIST_INC": 1}}
-for label in (sys.argv[2].split(",") if len(sys.argv) > 2 else ["default"]):
+# argv[2]: comma-separated timing variants (default "default"); "none" checks exactness only
+labels = sys.argv[2].split(",") if len(sys.argv) > 2 else ["default"]
+for label in ([] if labels == ["none"] else labels):
     saved = {k: getattr(ch, k) for k in VARIANTS[label]}
     for k, v in VARIANTS[label].items():
         setattr(ch, k, v)
