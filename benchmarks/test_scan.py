@@ -51,15 +51,26 @@ def time_plain_amax_hooks(session, warmup: int = 1) -> Throughput:
 
 
 def _gpu_config(arch: str, rows: int, batches: int, **kw) -> ScanConfig:
-    return ScanConfig(model=arch, corpus=f"synthetic:{rows * batches}:0", max_seq_len=4096,
+    # a few spare samples: the timed batches are the first `batches`, all full 4096-token rows
+    return ScanConfig(model=arch, corpus=f"synthetic:{rows * batches + 8}:0", max_seq_len=4096,
                       tokens_per_batch=rows * 4096, device="cuda", dtype="bfloat16", attn="sdpa",
                       progress=False, **kw)
+
+
+def _prepare_full_rows(config: ScanConfig, batches: int):
+    """The issue's setting: `batches` batches of full 4096-token sequences (no short tail batches, whose
+    fixed per-hook cost would measure launch overhead rather than the scan)."""
+    session = prepare(config, batches)
+    shapes = {(b.batch_size, b.seq_len, b.num_tokens) for b in session.batches}
+    rows = config.tokens_per_batch // 4096
+    assert len(session.batches) == batches and shapes == {(rows, 4096, rows * 4096)}, shapes
+    return session
 
 
 @pytest.mark.parametrize("name", list(GPU_CASES))
 def test_scan_vs_bare_gpu(benchmark, gpu, name):
     arch, rows, batches = GPU_CASES[name]
-    session = prepare(_gpu_config(arch, rows, batches))
+    session = _prepare_full_rows(_gpu_config(arch, rows, batches), batches)
     bare = time_bare(session)
     scanned = benchmark.pedantic(time_scan, args=(session,), rounds=1, iterations=1)
     bare_again = time_bare(session)
@@ -69,7 +80,7 @@ def test_scan_vs_bare_gpu(benchmark, gpu, name):
 
 def test_linear_inputs_vs_amax_hooks_gpu(benchmark, gpu):
     arch, rows, batches = GPU_CASES["qwen3-8b"]
-    session = prepare(_gpu_config(arch, rows, batches, sites="linear-inputs"))
+    session = _prepare_full_rows(_gpu_config(arch, rows, batches, sites="linear-inputs"), batches)
     bare = time_bare(session)
     plain = time_plain_amax_hooks(session)
     scanned = benchmark.pedantic(time_scan, args=(session,), rounds=1, iterations=1)

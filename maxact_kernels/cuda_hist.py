@@ -5,22 +5,31 @@ expose (a Triton histogram by global atomics runs at under 5% of copy bandwidth 
 reads each element once and, in the same pass, updates
 
 * the exact |x| histogram (bin = float32 bits of |x| >> 16, NaN excluded, inf in bin 32640),
-* counts (non-NaN, NaN, +inf, -inf), sum / sum of squares / sum of |x| over finite values
-  (fp32 inside a 16-byte vector, fp64 per thread and across blocks), min and max over non-NaN values,
+* counts (non-NaN, NaN, +inf, -inf), sum / sum of squares / sum of |x| over finite values, min and max
+  over non-NaN values,
 * optionally per row: max |x|, the first channel attaining it, the packed top-k row key, and the
   per-sample peak (atomic max into ``sample_abs_max[sample_id]``),
-* optionally the per-channel max |x| (up to 19456 channels; wider tensors take a Triton pass).
+* optionally the per-channel max |x| (up to 37888 channels in bf16/fp16, 18944 in fp32; wider tensors
+  take a Triton pass).
 
 Layout: one warp per row (so per-row maxima need no cross-warp traffic), 16-byte loads when the row
-pitch and base pointer allow, a persistent grid of at most two 512-thread blocks per SM, rows visited
-last to first (the end of a tensor its producer just wrote is what L2 still holds). The shared
-histogram covers the 64 binades 2^-32 <= |x| < 2^32 (8192 bins, 32 KiB, cheap to zero and flush);
-exact zeros are counted in a register, and anything else (subnormals, |x| >= 2^32, inf) goes straight
-to the global histogram with a global atomic: exact, and rare in real activations. For bf16 and fp16
-one packed min/max per 16-byte vector proves all eight elements lie in the window, so the hot path
-has no per-element tests. Channel maxima live in shared memory as raw |x| bits (one word per
-channel), seeded from the global maxima so that an element costs a compare and only a record costs
-a shared atomicMax; each block raises the global maxima it beats at its end.
+pitch and base pointer allow, a persistent grid of one 1024-thread block per SM, rows visited last to
+first (the end of a tensor its producer just wrote is what L2 still holds). The shared histogram covers
+the 64 binades 2^-32 <= |x| < 2^32 (8192 bins, 32 KiB, cheap to zero and flush); anything else (zeros,
+subnormals, |x| >= 2^32, inf) takes a rare path: a shared counter or a global atomic, exact and rare in
+real activations.
+
+The bf16/fp16 hot path costs about five instructions per element: a packed integer max and min of the
+16-byte vector's |x| prove all eight elements finite and inside the window in a few instructions, then
+each element is one shared atomic on its bin. For bf16 the window bin *is* the element's value, so the
+squared and absolute sums are taken exactly (fp64) from the bins when a block flushes them, and the
+signed sum runs on the tensor cores (one m16n8k16 MMA against a ones column per vector; exact products,
+fp32 accumulation folded into fp64 every chunk). fp16 and fp32 sum in fp32 per vector, fp64 beyond.
+Channel maxima live in shared memory as raw |x| bits (bf16/fp16: two channels per word, one 16-byte
+shared load and four packed compares per vector), seeded from the global maxima so an element only
+compares; a record takes an atomicMax or a compare-and-swap and marks its channel group, and only
+marked groups are raised in global memory when the block ends. Per-warp partial results are combined
+in shared memory, so each block issues one set of global atomics.
 
 Semantics are those of ``maxact_kernels.reference`` (see DESIGN.md); the state tensors are the ones
 ActivationStats owns. Compiled once per (device, dtype, variant) through ``cuda.core`` (NVRTC) and
@@ -39,28 +48,34 @@ import torch
 logger = logging.getLogger(__name__)
 
 HIST_BINS = 32768
-_BLOCK = 512
-_BLOCKS_PER_SM = int(os.environ.get("MAXACT_CUDA_BLOCKS_PER_SM", 2))
+_BLOCK = int(os.environ.get("MAXACT_CUDA_BLOCK", 1024))
+_BLOCKS_PER_SM = int(os.environ.get("MAXACT_CUDA_BLOCKS_PER_SM", 1))
 # Below this many bytes per block the fixed cost (zeroing and flushing 8192 shared bins) dominates.
 _MIN_BYTES_PER_BLOCK = int(os.environ.get("MAXACT_CUDA_MIN_BYTES_PER_BLOCK", 64 * 1024))
-# 16-byte loads each lane issues before using the first: memory-level parallelism on HBM3.
+# 16-byte loads each lane has in flight while it processes the previous chunk (a register double
+# buffer; a deeper shared-memory ring of cp.async copies measured no faster, see docs/PERF_NOTES.md).
 _UNROLL = int(os.environ.get("MAXACT_CUDA_UNROLL", 2))
 # Shared histogram increments as ATOMS.POPC.INC (0) or plain ATOMS.ADD (1): see hist_inc in the source.
 _HIST_INC = int(os.environ.get("MAXACT_CUDA_HIST_INC", 0))
 # Visit rows last to first: the end of a tensor its producer just wrote is the part still in L2.
 _REVERSE = int(os.environ.get("MAXACT_CUDA_REVERSE", 1))
-# Shared bytes of the histogram window (WBINS + 4 words); the channel maxima come after it.
-_SH_HIST_BYTES = (8192 + 4) * 4
+# Shared bytes of the histogram window (WBINS + 8 words: dump slot, rare counts); channel maxima follow.
+_SH_HIST_BYTES = (8192 + 8) * 4
+_CH_DIRTY_BYTES = 160 * 4   # bitmap of raised channel groups, before the channel maxima
 # Channel maxima are fused when they fit in this much shared memory (two blocks per SM must fit in
-# 227 KiB with the histogram): 19456 channels, e.g. Qwen2.5-7B's 18944-wide MLP.
-CHANNEL_MAX_BYTES = 76 * 1024
+# 227 KiB with the histogram): 18944 channels, Qwen2.5-7B's MLP width.
+CHANNEL_MAX_BYTES = 18944 * 4
 
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2}
 
 _SOURCE = r"""
 #ifndef MAXACT_MIN_BLOCKS
-#define MAXACT_MIN_BLOCKS 2
+#define MAXACT_MIN_BLOCKS 1
 #endif
+#ifndef MAXACT_BLOCK
+#define MAXACT_BLOCK 1024
+#endif
+
 typedef unsigned long long u64;
 typedef long long i64;
 
@@ -83,6 +98,12 @@ __device__ __forceinline__ void hist_inc(unsigned* p) {
 
 #define WLO   12160   /* first windowed bin: exponent field 95, i.e. |x| = 2^-32 */
 #define WBINS 8192    /* 64 binades x 128 mantissa bins: 2^-32 <= |x| < 2^32; slot WBINS is a dump */
+/* Rare counts live in shared words after the dump slot (a shared atomic when they happen), which keeps
+   registers for the hot loop. */
+#define SH_ZERO (WBINS + 1)   /* bin 0: zeros (and fp32 values below 2^-133) */
+#define SH_NAN  (WBINS + 2)
+#define SH_PINF (WBINS + 3)
+#define SH_NINF (WBINS + 4)
 
 template <int DT> struct Elem;
 template <> struct Elem<0> { static constexpr int PER_VEC = 8; };   /* bf16 */
@@ -119,31 +140,35 @@ template <> __device__ __forceinline__ float load_scalar<2>(const char* p, i64 c
 struct Acc {
     double s, s2, sa;           /* finite values: sum, sum of squares, sum of |x| */
     float mn, mx;               /* non-NaN values (fminf/fmaxf skip NaN) */
-    unsigned n, nnan, npinf, nninf;   /* n = elements of valid rows, NaN included */
+    unsigned n;                 /* elements of valid rows, NaN included (lane 0 of each warp) */
 };
 
-/* One element. fs/fs2/fsa are fp32 partials of the current 16-byte vector. */
-template <bool ROWS>
-__device__ __forceinline__ void visit(float v, unsigned* sh, u64* ghist, Acc& a, unsigned& nzero,
+/* One element. fs/fs2/fsa are fp32 partials of the current 16-byte vector. With HS (bf16), elements
+   counted in the shared window add only to fs: their squares and |x| are summed from the window's exact
+   bins when the block flushes it (a bf16 |x| is its bin's value), which is exact in fp64. */
+template <bool ROWS, bool HS>
+__device__ __forceinline__ void visit(float v, unsigned* sh, u64* ghist, Acc& a,
                                       float& fs, float& fs2, float& fsa,
                                       float& rmax, int& rarg, int ch) {
     const unsigned ab = __float_as_uint(v) & 0x7fffffffu;
     const float x = __uint_as_float(ab);
     a.mn = fminf(a.mn, v);
     a.mx = fmaxf(a.mx, v);
-    if (ROWS && x > rmax) { rmax = x; rarg = ch; }   /* strict: keeps the first channel of a tie; NaN never wins */
+    /* the smaller channel wins a tie (chunks of a row are visited in rotated order); NaN never wins */
+    if (ROWS && (x > rmax || (x == rmax && ch < rarg))) { rmax = x; rarg = ch; }
     const float vf = ab < 0x7f800000u ? v : 0.f;      /* sums skip inf and NaN */
-    fs += vf; fs2 = fmaf(vf, vf, fs2); fsa += fabsf(vf);
     const unsigned w = (ab >> 16) - WLO;
+    fs += vf;
+    if (!HS || w >= WBINS) { fs2 = fmaf(vf, vf, fs2); fsa += fabsf(vf); }
     if (w < WBINS) {
         hist_inc(sh + w);
     } else if ((ab >> 16) == 0u) {
-        nzero += 1u;
+        atomicAdd(sh + SH_ZERO, 1u);
     } else if (ab > 0x7f800000u) {
-        a.nnan += 1;
+        atomicAdd(sh + SH_NAN, 1u);
     } else {   /* subnormal, tiny, huge or inf: rare, straight to the global histogram */
         atomicAdd(ghist + (ab >> 16), 1ull);
-        if (ab == 0x7f800000u) { if (v < 0.f) a.nninf += 1; else a.npinf += 1; }
+        if (ab == 0x7f800000u) atomicAdd(sh + (v < 0.f ? SH_NINF : SH_PINF), 1u);
     }
 }
 
@@ -175,37 +200,84 @@ template <> __device__ __forceinline__ unsigned pmax<1>(unsigned a, unsigned b) 
     unsigned d; asm("max.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b)); return d; }
 template <> __device__ __forceinline__ unsigned pmin<1>(unsigned a, unsigned b) {
     unsigned d; asm("min.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b)); return d; }
-/* exponent bits of both halves: a half is inf or NaN when all of them are set */
-template <int DT> struct Exp16;
-template <> struct Exp16<0> { static constexpr unsigned M = 0x7f807f80u; };
-template <> struct Exp16<1> { static constexpr unsigned M = 0x7c007c00u; };
+
+/* Per-half unsigned max/min of two words of 16-bit halves: native on sm_90 (VIMNMX.U16x2). On |x| bits
+   (sign cleared) integer order is value order, and NaN sorts above inf, so one packed max shows any
+   non-finite element. */
+__device__ __forceinline__ unsigned umax16x2(unsigned a, unsigned b) {
+#if __CUDA_ARCH__ >= 900
+    unsigned d; asm("max.u16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b)); return d;
+#else
+    return __vmaxu2(a, b);
+#endif
+}
+__device__ __forceinline__ unsigned umin16x2(unsigned a, unsigned b) {
+#if __CUDA_ARCH__ >= 900
+    unsigned d; asm("min.u16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b)); return d;
+#else
+    return __vminu2(a, b);
+#endif
+}
+
+/* Signed sum of bf16 vectors on the tensor cores: D = A x B + C with A the warp's 32 vectors (one
+   m16n8k16 A fragment is exactly one 16-byte vector per lane) and B ones in column 0 only (lanes 0-3
+   hold that column), so the column-0 accumulators (c[0], c[2] of lanes 0, 4, ..., 28) hold row sums of
+   A: products are exact, accumulation is fp32, and the caller folds them into fp64 every chunk. This
+   replaces eight unpacks and eight dependent fp32 adds per vector. Must be reached by the whole warp. */
+__device__ __forceinline__ void mma_sum_bf16(float c[4], const uint4 a, unsigned b) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b), "r"(b));
+}
 
 /* ---- per-channel max |x| in shared memory -------------------------------------------------------
-   One 32-bit word per channel holds the raw bits of its max |x| in the input's width (16 bits for
-   bf16/fp16, 32 for fp32). Bits of non-negative, non-NaN floats order like their values, so integer max
-   is value max and a record is one native shared atomicMax (no compare-and-swap retries when warps
-   race on a channel). The block starts from the global maxima (rounded towards zero, so they never
-   exceed the truth): almost every element then only compares. */
+   The raw bits of each channel's max |x| in the input's width: for bf16/fp16 two channels per 32-bit word
+   (channel c in half c & 1 of word c >> 1), so the eight maxima of a 16-byte vector are one conflict-free
+   16-byte shared load and four packed compares; for fp32 one word per channel. Bits of non-negative,
+   non-NaN floats order like their values, so integer max is value max. The block starts from the global
+   maxima (rounded towards zero, so they never exceed the truth): almost every element then only
+   compares. A record takes an atomicMax (fp32) or a compare-and-swap of the packed word (16-bit; warps
+   of a block walk a row's chunks in staggered order, so they rarely race on one word). */
 
-__device__ __forceinline__ void ch_max_elem(unsigned* chw, int ch, unsigned abits) {
-    if (abits > chw[ch]) atomicMax(chw + ch, abits);
+/* Channel groups of 8 whose block maximum rose get a bit in a shared bitmap (CH_DIRTY_WORDS words before
+   chw), so the end-of-block flush reads and raises only those: once the maxima settle, a block's flush
+   touches no global memory. */
+#define CH_DIRTY_WORDS 160   /* 160 * 32 groups * 8 channels = 40960 channels */
+__device__ __forceinline__ void ch_mark(unsigned* chw, int ch) {
+    atomicOr(chw - CH_DIRTY_WORDS + (ch >> 8), 1u << ((ch >> 3) & 31));
+}
+/* raise both halves of a packed word to at least those of v */
+__device__ __forceinline__ void cas_max16x2(unsigned* p, unsigned old, unsigned v) {
+    for (;;) {
+        const unsigned nw = umax16x2(old, v);
+        if (nw == old) return;
+        const unsigned prev = atomicCAS(p, old, nw);
+        if (prev == old) return;
+        old = prev;
+    }
+}
+/* one element's |x| bits (not NaN) at channel ch */
+template <int DT> __device__ __forceinline__ void ch_max_elem(unsigned* chw, int ch, unsigned abits) {
+    if (DT == 2) {
+        if (abits > chw[ch]) { atomicMax(chw + ch, abits); ch_mark(chw, ch); }
+    } else {
+        const int sh = (ch & 1) * 16;
+        const unsigned cur = chw[ch >> 1];
+        if (abits > ((cur >> sh) & 0xffffu)) { cas_max16x2(chw + (ch >> 1), cur, abits << sh); ch_mark(chw, ch); }
+    }
 }
 
 /* A 16-byte vector of bf16/fp16 at channels ch0..ch0+7 (ch0 a multiple of 8), packed |x| words aw[4]. */
 __device__ __forceinline__ void ch_max_vec16(unsigned* chw, int ch0, const unsigned aw[4]) {
-    const uint4 c0 = *(const uint4*)(chw + ch0);
-    const uint4 c1 = *(const uint4*)(chw + ch0 + 4);
-    const unsigned cur[8] = {c0.x, c0.y, c0.z, c0.w, c1.x, c1.y, c1.z, c1.w};
-    unsigned b[8];
-    bool gt = false;
+    const uint4 c = *(const uint4*)(chw + (ch0 >> 1));
+    const unsigned cur[4] = {c.x, c.y, c.z, c.w};
+    unsigned diff = 0u;
     #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-        b[j] = (j & 1) ? (aw[j >> 1] >> 16) : (aw[j >> 1] & 0xffffu);
-        gt |= b[j] > cur[j];
-    }
-    if (gt) {                                  /* rare once the block has seen a few rows */
+    for (int k = 0; k < 4; ++k) diff |= umax16x2(aw[k], cur[k]) ^ cur[k];
+    if (diff != 0u) {                          /* rare once the block has seen a few rows */
         #pragma unroll
-        for (int j = 0; j < 8; ++j) if (b[j] > cur[j]) atomicMax(chw + ch0 + j, b[j]);
+        for (int k = 0; k < 4; ++k) cas_max16x2(chw + (ch0 >> 1) + k, cur[k], aw[k]);
+        ch_mark(chw, ch0);
     }
 }
 
@@ -219,57 +291,39 @@ __device__ __forceinline__ void ch_max_vec32(unsigned* chw, int ch0, const unsig
     if (gt) {
         #pragma unroll
         for (int j = 0; j < 4; ++j) if (aw[j] > cur[j]) atomicMax(chw + ch0 + j, aw[j]);
+        ch_mark(chw, ch0);
     }
 }
 
-/* One 16-byte vector of bf16 or fp16 with no inf or NaN: the hot path. The vector's packed |x| min and
-   max (integer halves) decide whether every element lies in the shared window (bf16: 2^-32 <= |x| <
-   2^32; fp16: any non-zero value); then each element costs one shared atomic on its window bin and three
-   fp32 sums, with no per-element tests. Otherwise (zeros, tiny or huge values) each element is routed:
-   window bin, bin 0 counted in a register, or the global histogram. Min and max stay packed (pmn/pmx). */
+/* One 16-byte vector of bf16 or fp16 whose eight |x| all lie in the shared window (the caller proved it
+   from their packed min and max): the hot path. Each element costs one shared atomic on its window bin;
+   for fp16 also its sum, square and |x| in fp32. For bf16 the signed sum is taken by the caller on the
+   tensor cores (mma_sum_bf16) and the squares and |x| from the window's bins at the flush. Min and max
+   stay packed (pmn/pmx); vmax is the packed |x| max of the vector. */
 template <int DT, bool ROWS, bool CH>
-__device__ __forceinline__ void visit_vec16(const unsigned wv[4], unsigned* sh, u64* ghist, unsigned* chw,
-                                            Acc& a, unsigned& pmn, unsigned& pmx, unsigned& nzero,
-                                            float& rmax, int& rarg, int ch0) {
+__device__ __forceinline__ void visit_vec16(const unsigned wv[4], const unsigned aw[4], unsigned vmax,
+                                            unsigned* sh, unsigned* chw, Acc& a, unsigned& pmn,
+                                            unsigned& pmx, float& rmax, int& rarg, int ch0) {
     constexpr int D = DT == 2 ? 0 : DT;   /* keeps the 16-bit helpers instantiable */
-    unsigned aw[4];
-    #pragma unroll
-    for (int k = 0; k < 4; ++k) aw[k] = wv[k] & 0x7fff7fffu;
-    /* packed float min/max (native; exact on subnormals) of non-negative finite halves = integer order */
-    const unsigned vmax2 = pmax<D>(pmax<D>(aw[0], aw[1]), pmax<D>(aw[2], aw[3]));
-    const unsigned vmin2 = pmin<D>(pmin<D>(aw[0], aw[1]), pmin<D>(aw[2], aw[3]));
-    const unsigned hi = max(vmax2 & 0xffffu, vmax2 >> 16);
-    const unsigned lo = min(vmin2 & 0xffffu, vmin2 >> 16);
     #pragma unroll
     for (int k = 0; k < 4; ++k) { pmn = pmin<D>(pmn, wv[k]); pmx = pmax<D>(pmx, wv[k]); }
-    constexpr unsigned LO = DT == 0 ? (unsigned)WLO : 1u;
-    constexpr unsigned HI = DT == 0 ? (unsigned)(WLO + WBINS) : 0x7c00u;
     float fs = 0.f, fs2 = 0.f, fsa = 0.f;
     unsigned* shw = sh - WLO;                  /* window bin b lives at shw[b] */
-    if (lo >= LO && hi < HI) {
-        #pragma unroll
-        for (int j = 0; j < 8; ++j) {
+    #pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        if (DT == 0) {                         /* bf16: the sums come from the MMA and the bins */
+            hist_inc(shw + ((j & 1) ? (aw[j >> 1] >> 16) : (aw[j >> 1] & 0xffffu)));
+        } else {
             const float v = unpack<D>(wv[j >> 1], j & 1);
-            const unsigned b = DT == 0 ? ((j & 1) ? (aw[j >> 1] >> 16) : (aw[j >> 1] & 0xffffu))
-                                       : (__float_as_uint(fabsf(v)) >> 16);
-            hist_inc(shw + b);
+            hist_inc(shw + (__float_as_uint(fabsf(v)) >> 16));
             fs += v; fs2 = fmaf(v, v, fs2); fsa += fabsf(v);
-        }
-    } else {
-        #pragma unroll
-        for (int j = 0; j < 8; ++j) {
-            const float v = unpack<D>(wv[j >> 1], j & 1);
-            const unsigned b = (__float_as_uint(v) & 0x7fffffffu) >> 16;
-            fs += v; fs2 = fmaf(v, v, fs2); fsa += fabsf(v);
-            if (b - WLO < WBINS) hist_inc(shw + b);
-            else if (b == 0u) nzero += 1u;
-            else atomicAdd(ghist + b, 1ull);
         }
     }
-    a.s += (double)fs; a.s2 += (double)fs2; a.sa += (double)fsa;
+    if (DT != 0) { a.s += (double)fs; a.s2 += (double)fs2; a.sa += (double)fsa; }
     if (ROWS) {
+        const unsigned hi = max(vmax & 0xffffu, vmax >> 16);
         const float vm = DT == 0 ? __uint_as_float(hi << 16) : half_to_float((unsigned short)hi);
-        if (vm > rmax) {                      /* rare after the first vectors: find the first channel */
+        if (vm > rmax || (vm == rmax && ch0 < rarg)) {   /* rare after the first vectors: first channel */
             rmax = vm;
             #pragma unroll
             for (int j = 7; j >= 0; --j) {
@@ -281,11 +335,11 @@ __device__ __forceinline__ void visit_vec16(const unsigned wv[4], unsigned* sh, 
 }
 
 /* One 16-byte vector of fp32 with no inf or NaN. Every element does one shared atomic: its window bin,
-   or the dump slot WBINS (never flushed) when outside the window; bin 0 (zeros) is counted in a
-   register; the rare bins outside the window are redone once per vector on the global histogram. */
+   or the dump slot WBINS (never flushed) when outside the window; the elements outside the window are
+   redone once per vector: zeros on the shared zero count, the rest on the global histogram. */
 template <bool ROWS, bool CH>
 __device__ __forceinline__ void visit_vec32(const unsigned wv[4], unsigned* sh, u64* ghist, unsigned* chw,
-                                            Acc& a, unsigned& nzero, float& rmax, int& rarg, int ch0) {
+                                            Acc& a, float& rmax, int& rarg, int ch0) {
     float v[4];
     unsigned bn[4], aw[4];
     #pragma unroll
@@ -302,8 +356,7 @@ __device__ __forceinline__ void visit_vec32(const unsigned wv[4], unsigned* sh, 
         const unsigned w = bn[j] - WLO;
         const bool in = w < WBINS;
         hist_inc(sh + (in ? w : WBINS));
-        nzero += (bn[j] == 0u);
-        rare |= !in & (bn[j] != 0u);
+        rare |= !in;
         a.mn = fminf(a.mn, v[j]); a.mx = fmaxf(a.mx, v[j]);
         vm = fmaxf(vm, fabsf(v[j]));
     }
@@ -311,10 +364,13 @@ __device__ __forceinline__ void visit_vec32(const unsigned wv[4], unsigned* sh, 
     if (rare) {
         #pragma unroll
         for (int j = 0; j < 4; ++j) {
-            if (bn[j] - WLO >= WBINS && bn[j] != 0u) atomicAdd(ghist + bn[j], 1ull);
+            if (bn[j] - WLO >= WBINS) {
+                if (bn[j] == 0u) atomicAdd(sh + SH_ZERO, 1u);
+                else atomicAdd(ghist + bn[j], 1ull);
+            }
         }
     }
-    if (ROWS && vm > rmax) {
+    if (ROWS && (vm > rmax || (vm == rmax && ch0 < rarg))) {
         rmax = vm;
         #pragma unroll
         for (int j = 3; j >= 0; --j) {
@@ -334,32 +390,51 @@ template <> struct NanAbove<0> { static constexpr unsigned V = 0x7f80u; };
 template <> struct NanAbove<1> { static constexpr unsigned V = 0x7c00u; };
 template <> struct NanAbove<2> { static constexpr unsigned V = 0x7f800000u; };
 
-/* One loaded 16-byte vector starting at channel ch0: the finite fast path, or element by element. */
+/* One loaded 16-byte vector starting at channel ch0: the fast path, or element by element.
+   bf16/fp16: the vector's packed |x| max and min decide it in a few integer instructions. Each half h
+   of (vmax + (0x8000 - HI)) has its top bit set iff h >= HI, and of (vmin + (0x8000 - LO)) iff h >= LO
+   (no carry crosses halves since h <= 0x7fff), so the whole vector is finite and inside the window
+   [LO, HI) iff the combined top bits are clear. msum (zero on entry) gets the vector when its signed
+   sum is left to the caller's MMA (the bf16 fast path). */
 template <int DT, bool ROWS, bool CH>
 __device__ __forceinline__ void process_vec(const uint4 q, int ch0, unsigned* sh, u64* hist, unsigned* chw,
-                                            Acc& a, unsigned& pmn, unsigned& pmx, unsigned& nzero,
-                                            float& rmax, int& rarg) {
+                                            Acc& a, unsigned& pmn, unsigned& pmx,
+                                            float& rmax, int& rarg, uint4& msum) {
     constexpr int PER_WORD = (DT == 2) ? 1 : 2;
     const unsigned wv[4] = {q.x, q.y, q.z, q.w};
-    unsigned nonfinite = 0u;
-    #pragma unroll
-    for (int k = 0; k < 4; ++k) {
-        if (DT == 2) nonfinite |= (wv[k] & 0x7f800000u) == 0x7f800000u;
-        else nonfinite |= __vcmpeq2(wv[k] & Exp16<DT == 2 ? 0 : DT>::M, Exp16<DT == 2 ? 0 : DT>::M);
-    }
-    if (nonfinite == 0u) {
-        if (DT == 2) visit_vec32<ROWS, CH>(wv, sh, hist, chw, a, nzero, rmax, rarg, ch0);
-        else visit_vec16<DT, ROWS, CH>(wv, sh, hist, chw, a, pmn, pmx, nzero, rmax, rarg, ch0);
-        return;
+    if (DT == 2) {
+        unsigned nonfinite = 0u;
+        #pragma unroll
+        for (int k = 0; k < 4; ++k) nonfinite |= (wv[k] & 0x7f800000u) == 0x7f800000u;
+        if (nonfinite == 0u) {
+            visit_vec32<ROWS, CH>(wv, sh, hist, chw, a, rmax, rarg, ch0);
+            return;
+        }
+    } else {
+        unsigned aw[4];
+        #pragma unroll
+        for (int k = 0; k < 4; ++k) aw[k] = wv[k] & 0x7fff7fffu;
+        const unsigned vmax = umax16x2(umax16x2(aw[0], aw[1]), umax16x2(aw[2], aw[3]));
+        const unsigned vmin = umin16x2(umin16x2(aw[0], aw[1]), umin16x2(aw[2], aw[3]));
+        constexpr unsigned LO = DT == 0 ? (unsigned)WLO : 1u;                 /* fp16: any non-zero */
+        constexpr unsigned HI = DT == 0 ? (unsigned)(WLO + WBINS) : 0x7c00u;  /* fp16: finite */
+        constexpr unsigned ADD_HI = (0x8000u - HI) * 0x10001u;
+        constexpr unsigned ADD_LO = (0x8000u - LO) * 0x10001u;
+        if ((((vmax + ADD_HI) | ~(vmin + ADD_LO)) & 0x80008000u) == 0u) {
+            visit_vec16<DT, ROWS, CH>(wv, aw, vmax, sh, chw, a, pmn, pmx, rmax, rarg, ch0);
+            if (DT == 0) msum = q;             /* its signed sum: the caller's MMA */
+            return;
+        }
     }
     float fs = 0.f, fs2 = 0.f, fsa = 0.f;
     #pragma unroll
     for (int k = 0; k < 4; ++k) {
         #pragma unroll
         for (int h = 0; h < PER_WORD; ++h) {
-            visit<ROWS>(unpack<DT>(wv[k], h), sh, hist, a, nzero, fs, fs2, fsa, rmax, rarg, ch0 + k * PER_WORD + h);
+            visit<ROWS, DT == 0>(unpack<DT>(wv[k], h), sh, hist, a, fs, fs2, fsa, rmax, rarg,
+                                 ch0 + k * PER_WORD + h);
             const unsigned ab = abits_of<DT>(wv[k], h);
-            if (CH && ab <= NanAbove<DT>::V) ch_max_elem(chw, ch0 + k * PER_WORD + h, ab);
+            if (CH && ab <= NanAbove<DT>::V) ch_max_elem<DT>(chw, ch0 + k * PER_WORD + h, ab);
         }
     }
     a.s += (double)fs; a.s2 += (double)fs2; a.sa += (double)fsa;
@@ -391,10 +466,10 @@ __device__ __forceinline__ void finish_row(i64 row, int lane, float rmax, int ra
     }
 }
 
-#define SH_HIST_WORDS (WBINS + 4)   /* window bins, the dump slot, padding to 16 bytes */
+#define SH_HIST_WORDS (WBINS + 8)   /* window bins, the dump slot, the rare counts, padding to 16 bytes */
 
 template <int DT, bool VEC, bool ROWS, bool CH, int UNROLL>
-__global__ void __launch_bounds__(512, MAXACT_MIN_BLOCKS) maxact_fused_stats(
+__global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_stats(
     const char* __restrict__ x, i64 n_rows, i64 n_cols, i64 row_stride_bytes,
     const unsigned char* __restrict__ mask,           /* [n_rows] or null */
     i64* __restrict__ counts,                          /* [4] non-NaN, NaN, +inf, -inf */
@@ -409,25 +484,28 @@ __global__ void __launch_bounds__(512, MAXACT_MIN_BLOCKS) maxact_fused_stats(
 {
     extern __shared__ __align__(16) unsigned smem[];
     unsigned* sh = smem;                               /* [SH_HIST_WORDS] */
-    unsigned* chw = smem + SH_HIST_WORDS;              /* channel maxima (CH) */
-    for (int i = threadIdx.x; i < WBINS + 1; i += blockDim.x) sh[i] = 0u;
+    unsigned* chw = sh + SH_HIST_WORDS + CH_DIRTY_WORDS;     /* channel maxima (CH), after their bitmap */
+    for (int i = threadIdx.x; i < SH_HIST_WORDS + (CH ? CH_DIRTY_WORDS : 0); i += blockDim.x) sh[i] = 0u;
     if (CH) {
         /* start from the global maxima, rounded towards zero in the input's width */
         const int nch = (int)((n_cols + 7) & ~7LL);
-        for (int c = threadIdx.x; c < nch; c += blockDim.x) {
+        auto seed = [&](int c) -> unsigned {
             const float g = c < n_cols ? channel_max[c] : 0.f;
-            if (DT == 2) chw[c] = __float_as_uint(g);
-            else if (DT == 0) chw[c] = __float_as_uint(g) >> 16;
-            else {
-                unsigned short h;
-                asm("cvt.rz.f16.f32 %0, %1;" : "=h"(h) : "f"(g));
-                chw[c] = h;
-            }
+            if (DT == 2 || DT == 0) return DT == 2 ? __float_as_uint(g) : __float_as_uint(g) >> 16;
+            unsigned short h;
+            asm("cvt.rz.f16.f32 %0, %1;" : "=h"(h) : "f"(g));
+            return h;
+        };
+        if (DT == 2) {
+            for (int c = threadIdx.x; c < nch; c += blockDim.x) chw[c] = seed(c);
+        } else {
+            for (int w = threadIdx.x; w < nch / 2; w += blockDim.x) chw[w] = seed(2 * w) | (seed(2 * w + 1) << 16);
         }
     }
     __syncthreads();
 
     const int lane = threadIdx.x & 31;  /* one warp per row */
+    const unsigned mma_ones = lane < 4 ? 0x3f803f80u : 0u;   /* bf16 1.0 in column 0 of B */
     const int warp = threadIdx.x >> 5;
     const int nwarps = blockDim.x >> 5;
     constexpr int PV = Elem<DT>::PER_VEC;
@@ -435,11 +513,10 @@ __global__ void __launch_bounds__(512, MAXACT_MIN_BLOCKS) maxact_fused_stats(
     Acc a;
     a.s = 0.0; a.s2 = 0.0; a.sa = 0.0;
     a.mn = __int_as_float(0x7f800000); a.mx = __int_as_float(0xff800000);
-    a.n = 0u; a.nnan = 0u; a.npinf = 0u; a.nninf = 0u;
+    a.n = 0u;
     /* packed running min/max of the finite fast path: +inf / -inf in both halves */
     unsigned pmn = DT == 1 ? 0x7c007c00u : 0x7f807f80u;
     unsigned pmx = DT == 1 ? 0xfc00fc00u : 0xff80ff80u;
-    unsigned nzero = 0u;    /* elements in bin 0 (zeros, and fp32 subnormals below 2^-133) */
 
     const i64 step = (i64)gridDim.x * nwarps;
     /* masked rows get -1 row outputs and are skipped; returns the first valid row at or after r */
@@ -456,33 +533,64 @@ __global__ void __launch_bounds__(512, MAXACT_MIN_BLOCKS) maxact_fused_stats(
     if (VEC) {
         /* Software-pipelined over (row, chunk): the next chunk's UNROLL 16-byte loads, possibly of the
            warp's next row, are in flight while the current chunk is processed, so short rows (1-4K
-           channels) do not stall the warp at every row start. */
-        const i64 nvec = n_cols / PV;
-        const i64 chunk = 32 * UNROLL;
-        const i64 cpr = (nvec + chunk - 1) / chunk;
+           channels) do not stall the warp at every row start. Two register sets take turns (qa, qb)
+           instead of copying, and indices inside a row are 32-bit (a row has < 2^31 vectors). */
+        const int nvec = (int)(n_cols / PV);
+        constexpr int CHUNK = 32 * UNROLL;
+        const int cpr = (nvec + CHUNK - 1) / CHUNK;
         i64 row = next_valid((i64)blockIdx.x * nwarps + warp);
-        i64 c = 0;
-        uint4 q[UNROLL];
-        auto load_chunk = [&](i64 r, i64 cc) {
-            const uint4* vp = (const uint4*)(x + phys(r) * row_stride_bytes);
-            #pragma unroll
-            for (int u = 0; u < UNROLL; ++u) {
-                const i64 v = cc * chunk + lane + (i64)u * 32;
-                if (v < nvec) q[u] = load_streaming(vp + v);
-            }
+        /* Each warp walks a row's chunks starting at its own chunk (rotating), so the warps of a block
+           are on different channels at any moment (fewer races on the shared channel maxima). c counts
+           the chunks of the current row, pc is the chunk (physical position) c loads. */
+        const int first = CH ? warp % cpr : 0;
+        int c = 0, pc = first;
+        /* the next load: its address (lane included) and how many vectors remain in its row from it */
+        const uint4* rowp = nullptr;
+        const uint4* lp = nullptr;
+        int lrem = 0;
+        auto start_row = [&](i64 r) {
+            rowp = (const uint4*)(x + phys(r) * row_stride_bytes) + lane;
+            lp = rowp + first * CHUNK;
+            lrem = nvec - lane - first * CHUNK;
         };
-        if (row < n_rows) load_chunk(row, c);
-        while (row < n_rows) {
-            uint4 cur[UNROLL];
-            #pragma unroll
-            for (int u = 0; u < UNROLL; ++u) cur[u] = q[u];
-            const i64 cur_row = row, cur_c = c;
-            if (++c == cpr) { c = 0; row = next_valid(row + step); }
-            if (row < n_rows) load_chunk(row, c);
+        auto load = [&](uint4 (&q)[UNROLL]) {
             #pragma unroll
             for (int u = 0; u < UNROLL; ++u) {
-                const i64 v = cur_c * chunk + lane + (i64)u * 32;
-                if (v < nvec) process_vec<DT, ROWS, CH>(cur[u], (int)(v * PV), sh, hist, chw, a, pmn, pmx, nzero, rmax, rarg);
+                if (32 * u < lrem) q[u] = load_streaming(lp + 32 * u);
+            }
+            lp += CHUNK;
+            lrem -= CHUNK;
+            if (CH && lrem <= -lane) { lp = rowp; lrem = nvec - lane; }   /* wrap to the row's chunk 0 */
+        };
+        /* processes the chunk in cur (loaded for row/c as they are on entry), after putting the next
+           chunk's loads in flight into nxt; false when there is no next chunk */
+        auto step_chunk = [&](uint4 (&cur)[UNROLL], uint4 (&nxt)[UNROLL]) -> bool {
+            const i64 cur_row = row;
+            const int cur_c = c, cur_pc = pc;
+            if (++pc == cpr) pc = 0;
+            if (++c == cpr) {
+                c = 0;
+                pc = first;
+                row = next_valid(row + step);
+                if (row < n_rows) start_row(row);
+            }
+            const bool more = row < n_rows;
+            if (more) load(nxt);
+            const int v0 = cur_pc * CHUNK + lane;
+            uint4 msum[UNROLL];
+            #pragma unroll
+            for (int u = 0; u < UNROLL; ++u) {
+                msum[u] = make_uint4(0u, 0u, 0u, 0u);
+                if (v0 + 32 * u < nvec)
+                    process_vec<DT, ROWS, CH>(cur[u], (v0 + 32 * u) * PV, sh, hist, chw, a, pmn, pmx,
+                                              rmax, rarg, msum[u]);
+            }
+            if (DT == 0) {   /* whole warp: the chunk's fast-path signed sums on the tensor cores, into fp64 */
+                __syncwarp();
+                float macc[4] = {0.f, 0.f, 0.f, 0.f};
+                #pragma unroll
+                for (int u = 0; u < UNROLL; ++u) mma_sum_bf16(macc, msum[u], mma_ones);
+                a.s += (double)macc[0] + (double)macc[2];
             }
             if (cur_c == cpr - 1) {
                 if (lane == 0) a.n += (unsigned)n_cols;
@@ -490,6 +598,13 @@ __global__ void __launch_bounds__(512, MAXACT_MIN_BLOCKS) maxact_fused_stats(
                                      sample_ids, sample_max, n_samples, sample_oor);
                 rmax = -1.f; rarg = -1;
             }
+            return more;
+        };
+        uint4 qa[UNROLL], qb[UNROLL];
+        if (row < n_rows) {
+            start_row(row);
+            load(qa);
+            while (step_chunk(qa, qb) && step_chunk(qb, qa)) {}
         }
     } else {
         for (i64 row = next_valid((i64)blockIdx.x * nwarps + warp); row < n_rows; row = next_valid(row + step)) {
@@ -497,12 +612,12 @@ __global__ void __launch_bounds__(512, MAXACT_MIN_BLOCKS) maxact_fused_stats(
             for (i64 c = lane; c < n_cols; c += 32) {
                 float fs = 0.f, fs2 = 0.f, fsa = 0.f;
                 const float v = load_scalar<DT>(rp, c);
-                visit<ROWS>(v, sh, hist, a, nzero, fs, fs2, fsa, rmax, rarg, (int)c);
+                visit<ROWS, DT == 0>(v, sh, hist, a, fs, fs2, fsa, rmax, rarg, (int)c);
                 a.s += (double)fs; a.s2 += (double)fs2; a.sa += (double)fsa;
                 if (CH) {
                     const unsigned ab = DT == 2 ? (__float_as_uint(v) & 0x7fffffffu)
                                                 : ((const unsigned short*)rp)[c] & 0x7fffu;
-                    if (ab <= NanAbove<DT>::V) ch_max_elem(chw, (int)c, ab);
+                    if (ab <= NanAbove<DT>::V) ch_max_elem<DT>(chw, (int)c, ab);
                 }
             }
             if (lane == 0) a.n += (unsigned)n_cols;
@@ -525,36 +640,72 @@ __global__ void __launch_bounds__(512, MAXACT_MIN_BLOCKS) maxact_fused_stats(
         a.mn = fminf(a.mn, __shfl_down_sync(0xffffffffu, a.mn, off));
         a.mx = fmaxf(a.mx, __shfl_down_sync(0xffffffffu, a.mx, off));
         a.n += __shfl_down_sync(0xffffffffu, a.n, off);
-        a.nnan += __shfl_down_sync(0xffffffffu, a.nnan, off);
-        a.npinf += __shfl_down_sync(0xffffffffu, a.npinf, off);
-        a.nninf += __shfl_down_sync(0xffffffffu, a.nninf, off);
-        nzero += __shfl_down_sync(0xffffffffu, nzero, off);
     }
-    if (lane == 0 && a.n > 0u) {
-        atomicAdd((u64*)counts + 0, (u64)(a.n - a.nnan));
-        if (a.nnan) atomicAdd((u64*)counts + 1, (u64)a.nnan);
-        if (a.npinf) atomicAdd((u64*)counts + 2, (u64)a.npinf);
-        if (a.nninf) atomicAdd((u64*)counts + 3, (u64)a.nninf);
-        if (nzero) atomicAdd(hist, (u64)nzero);
-        atomicAdd(sums + 0, a.s);
-        atomicAdd(sums + 1, a.s2);
-        atomicAdd(sums + 2, a.sa);
-        if (a.n > a.nnan) {
+    /* warp partials to shared, then one thread per block takes the global atomics (same-address global
+       atomics from every warp queue up in L2 at the end of the kernel) */
+    __shared__ double part_d[3][MAXACT_BLOCK / 32];
+    __shared__ float part_f[2][MAXACT_BLOCK / 32];
+    __shared__ unsigned part_n[MAXACT_BLOCK / 32];
+    if (lane == 0) {
+        part_d[0][warp] = a.s; part_d[1][warp] = a.s2; part_d[2][warp] = a.sa;
+        part_f[0][warp] = a.mn; part_f[1][warp] = a.mx; part_n[warp] = a.n;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < nwarps; ++w) {
+            a.s += part_d[0][w]; a.s2 += part_d[1][w]; a.sa += part_d[2][w];
+            a.mn = fminf(a.mn, part_f[0][w]); a.mx = fmaxf(a.mx, part_f[1][w]); a.n += part_n[w];
+        }
+        if (a.n > 0u) {
+            atomicAdd((u64*)counts + 0, (u64)a.n);   /* NaN included: taken off below */
+            atomicAdd(sums + 0, a.s);
+            atomicAdd(sums + 1, a.s2);
+            atomicAdd(sums + 2, a.sa);
+            /* a block that saw only NaN still holds +inf / -inf here, which change nothing */
             atomic_min_float(minmax + 0, a.mn + 0.f);   /* + 0.f turns -0.0 into 0 */
             atomic_max_float(minmax + 1, a.mx + 0.f);
         }
+        const unsigned nnan = sh[SH_NAN], npinf = sh[SH_PINF], nninf = sh[SH_NINF], nzero = sh[SH_ZERO];
+        if (nnan) { atomicAdd((u64*)counts + 0, (u64)(-(i64)nnan)); atomicAdd((u64*)counts + 1, (u64)nnan); }
+        if (npinf) atomicAdd((u64*)counts + 2, (u64)npinf);
+        if (nninf) atomicAdd((u64*)counts + 3, (u64)nninf);
+        if (nzero) atomicAdd(hist, (u64)nzero);
     }
-    __syncthreads();
-    for (int i = threadIdx.x; i < WBINS; i += blockDim.x) {
-        unsigned c = sh[i];
-        if (c) atomicAdd(hist + WLO + i, (u64)c);
+    /* flush the window; for bf16 also its exact squared and absolute sums (bin value = the element) */
+    double hs2 = 0.0, hsa = 0.0;
+    for (int i = threadIdx.x; i < WBINS; i += blockDim.x) {   /* WBINS is a multiple of blockDim.x */
+        const unsigned c = sh[i];
+        if (c) {
+            atomicAdd(hist + WLO + i, (u64)c);
+            if (DT == 0) {
+                const double v = (double)__uint_as_float((unsigned)(WLO + i) << 16);
+                hsa = fma((double)c, v, hsa);
+                hs2 = fma((double)c * v, v, hs2);
+            }
+        }
     }
-    if (CH) {   /* only channels whose block max beats the global one (as last seen) take an atomic */
+    if (DT == 0) {
+        #pragma unroll
+        for (int off = 16; off > 0; off >>= 1) {
+            hs2 += __shfl_down_sync(0xffffffffu, hs2, off);
+            hsa += __shfl_down_sync(0xffffffffu, hsa, off);
+        }
+        __syncthreads();                       /* part_d is free again */
+        if (lane == 0) { part_d[0][warp] = hs2; part_d[1][warp] = hsa; }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            for (int w = 1; w < nwarps; ++w) { hs2 += part_d[0][w]; hsa += part_d[1][w]; }
+            if (hsa != 0.0) { atomicAdd(sums + 1, hs2); atomicAdd(sums + 2, hsa); }
+        }
+    }
+    if (CH) {   /* only raised channels whose block max beats the global one (as last seen) take an atomic */
         for (int c = threadIdx.x; c < n_cols; c += blockDim.x) {
+            if (!((chw[c / 256 - CH_DIRTY_WORDS] >> ((c >> 3) & 31)) & 1u)) continue;
+            const unsigned bits = DT == 2 ? chw[c] : (chw[c >> 1] >> ((c & 1) * 16)) & 0xffffu;
             float v;
-            if (DT == 2) v = __uint_as_float(chw[c]);
-            else if (DT == 0) v = __uint_as_float(chw[c] << 16);
-            else v = half_to_float((unsigned short)chw[c]);
+            if (DT == 2) v = __uint_as_float(bits);
+            else if (DT == 0) v = __uint_as_float(bits << 16);
+            else v = half_to_float((unsigned short)bits);
             if (v > *(volatile float*)(channel_max + c)) atomicMax((int*)(channel_max + c), __float_as_int(v));
         }
     }
@@ -599,7 +750,8 @@ def available(device: torch.device | str | None = None) -> bool:
 
 
 def _source() -> str:
-    return f"#define MAXACT_MIN_BLOCKS {_BLOCKS_PER_SM}\n#define MAXACT_HIST_INC {_HIST_INC}\n" + _SOURCE
+    return (f"#define MAXACT_MIN_BLOCKS {_BLOCKS_PER_SM}\n#define MAXACT_BLOCK {_BLOCK}\n"
+            f"#define MAXACT_HIST_INC {_HIST_INC}\n" + _SOURCE)
 
 
 def _compile(cc, source: str, arch: str, name: str, target: str = "cubin"):
@@ -628,15 +780,21 @@ def _kernel(device_index: int, dtype_code: int, vec: bool, rows: bool, channels:
     return kernel
 
 
-@functools.lru_cache(maxsize=None)
+_SHARED_ALLOWED: dict = {}   # kernel -> dynamic shared bytes it is opted in to
+
+
 def _allow_shared(kernel, device_index: int, nbytes: int) -> None:
-    """Opt ``kernel`` in to ``nbytes`` of dynamic shared memory (needed above 48 KiB); once per size."""
+    """Opt ``kernel`` in to at least ``nbytes`` of dynamic shared memory (needed above 48 KiB)."""
+    key = (kernel, device_index)
+    if _SHARED_ALLOWED.get(key, 48 * 1024) >= nbytes:
+        return
     from cuda.bindings import driver
 
     attr = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
     (err,) = driver.cuKernelSetAttribute(attr, nbytes, kernel.handle, device_index)
     if err != driver.CUresult.CUDA_SUCCESS:
         raise RuntimeError(f"cuKernelSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES, {nbytes}) failed: {err}")
+    _SHARED_ALLOWED[key] = nbytes
 
 
 @functools.lru_cache(maxsize=None)
@@ -709,9 +867,8 @@ def fused_stats(
         raise ValueError(f"{n_cols} channels of {x2d.dtype} do not fit the fused kernel's shared memory")
     dev_index = x2d.device.index if x2d.device.index is not None else torch.cuda.current_device()
     kernel = _kernel(dev_index, _DTYPE_CODE[x2d.dtype], vec, rows, channels)
-    shmem = _SH_HIST_BYTES + (_channel_bytes(n_cols, x2d.dtype) if channels else 0)
-    if shmem > 48 * 1024:
-        _allow_shared(kernel, dev_index, _SH_HIST_BYTES + CHANNEL_MAX_BYTES)
+    shmem = _SH_HIST_BYTES + (_CH_DIRTY_BYTES + _channel_bytes(n_cols, x2d.dtype) if channels else 0)
+    _allow_shared(kernel, dev_index, shmem)
 
     warps = _BLOCK // 32
     by_rows = -(-n_rows // warps)
@@ -736,8 +893,8 @@ def fused_stats(
 
 
 def _channel_bytes(n_cols: int, dtype: torch.dtype) -> int:
-    """Shared bytes of the channel maxima: one 32-bit word per channel, padded to 8 channels."""
-    return -(-n_cols // 8) * 8 * 4
+    """Shared bytes of the channel maxima: 16 (bf16/fp16) or 32 (fp32) bits per channel, padded to 8."""
+    return -(-n_cols // 8) * 8 * (4 if dtype == torch.float32 else 2)
 
 
 def channels_fit(n_cols: int, dtype: torch.dtype) -> bool:

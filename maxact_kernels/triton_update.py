@@ -3,7 +3,7 @@
 On a CUDA device with ``cuda-core`` installed, ``cuda_hist.fused_stats`` (CUDA C++, shared-memory
 histogram) reads x once for the histogram, counts, sums, min/max and, when needed, the row maxima,
 row keys, per-sample maxima and per-channel maxima (the Triton rows kernel takes the channel maxima
-only of tensors too wide for its shared memory: more than 19456 channels). Without
+only of tensors too wide for its shared memory: see ``cuda_hist.channels_fit``). Without
 ``cuda-core`` (one warning) and on the CPU (Triton interpreter), the Triton rows kernel does all of it,
 its histogram by global atomics. Token statistics and top-k are Triton in both cases.
 

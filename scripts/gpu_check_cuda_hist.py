@@ -18,9 +18,14 @@ dev = torch.device("cuda")
 out_dir = sys.argv[1] if len(sys.argv) > 1 else "."
 
 
-def make(shape, dtype, specials=True):
+def make(shape, dtype, specials=True, wide=True):
     x = torch.randn(shape, device=dev, dtype=torch.float32)
-    x = x * torch.exp(torch.randn(shape, device=dev) * 3)          # many binades
+    if wide == "ties":                                             # row and channel maxima tie everywhere
+        x = torch.randint(1, 5, shape, device=dev).float() * (torch.randint(0, 2, shape, device=dev) * 2 - 1)
+    elif wide:
+        x = x * torch.exp(torch.randn(shape, device=dev) * 3)      # many binades: slow paths too
+    else:
+        x = x * 3.0                                                # every vector on the fast path
     if specials and x.numel() > 16:
         flat = x.view(-1)
         idx = torch.randint(0, flat.numel(), (12,), device=dev)
@@ -72,8 +77,8 @@ def expected(x2d, mask, sample_ids, n_samples):
     )
 
 
-def check(shape, dtype, masked, noncontig=False, specials=True):
-    x = make(shape, dtype, specials)
+def check(shape, dtype, masked, noncontig=False, specials=True, wide=True):
+    x = make(shape, dtype, specials, wide)
     if noncontig:
         x = x[:, 1:]                     # row pitch != width, unaligned base: scalar path
     x2d = x
@@ -106,20 +111,28 @@ def check(shape, dtype, masked, noncontig=False, specials=True):
 
 
 results = {"device": torch.cuda.get_device_name(), "checks": {}, "timing": {}}
-for shape in [(1, 1), (5, 123), (7, 8), (1823, 781), (300, 4096), (64, 12288)]:
-    for dtype in (torch.bfloat16, torch.float16, torch.float32):
-        for masked in (False, True):
-            for nc, sp in ([(False, True), (True, True), (False, False)] if shape[1] > 1 else [(False, True)]):
-                key = f"{shape} {str(dtype)[6:]} mask={masked} noncontig={nc} specials={sp}"
-                try:
-                    errs = check(shape, dtype, masked, nc, sp)
-                except Exception as exc:  # report every failure, keep checking the others
-                    errs = [f"{type(exc).__name__}: {exc}"]
-                results["checks"][key] = errs
-bad = {k: v for k, v in results["checks"].items() if v}
-print(f"exactness: {len(results['checks']) - len(bad)} / {len(results['checks'])} cases pass")
-for k, v in list(bad.items())[:20]:
-    print("  FAIL", k, v[:3])
+
+
+def run_checks(label):
+    checks = {}
+    for shape in [(1, 1), (5, 123), (7, 8), (1823, 781), (300, 4096), (64, 12288)]:
+        for dtype in (torch.bfloat16, torch.float16, torch.float32):
+            for masked in (False, True):
+                cases = [(False, True, True), (True, True, True), (False, False, True), (False, False, False),
+                         (False, False, "ties")]
+                for nc, sp, wide in (cases if shape[1] > 1 else cases[:1]):
+                    key = f"{shape} {str(dtype)[6:]} mask={masked} noncontig={nc} specials={sp} wide={wide}"
+                    try:
+                        errs = check(shape, dtype, masked, nc, sp, wide)
+                    except Exception as exc:  # report every failure, keep checking the others
+                        errs = [f"{type(exc).__name__}: {exc}"]
+                    checks[key] = errs
+    bad = {k: v for k, v in checks.items() if v}
+    print(f"{label}: exactness {len(checks) - len(bad)} / {len(checks)} cases pass", flush=True)
+    for k, v in list(bad.items())[:20]:
+        print("  FAIL", k, v[:3])
+    results["checks"][label] = checks
+
 
 # speed: rotate over several inputs so the 50 MB L2 does not serve repeats
 def bench(fn):
@@ -156,15 +169,18 @@ def time_shapes(label):
               f"+channels {t_full*1e3:7.1f} {row['full_frac_of_copy']:.3f} | torch abs().amax {t_amax*1e3:7.1f}", flush=True)
 
 
-VARIANTS = {"default": {}, "fwd-order": {"_REVERSE": 0}, "unroll4": {"_UNROLL": 4}, "1blk/SM": {"_BLOCKS_PER_SM": 1},
-            "atoms-add": {"_HIST_INC": 1}}
+VARIANTS = {"default": {}, "fwd-order": {"_REVERSE": 0}, "unroll4": {"_UNROLL": 4},
+            "atoms-add": {"_HIST_INC": 1}, "512x2": {"_BLOCK": 512, "_BLOCKS_PER_SM": 2}}
 # argv[2]: comma-separated timing variants (default "default"); "none" checks exactness only
 labels = sys.argv[2].split(",") if len(sys.argv) > 2 else ["default"]
+if labels == ["none"]:
+    run_checks("default")
 for label in ([] if labels == ["none"] else labels):
     saved = {k: getattr(ch, k) for k in VARIANTS[label]}
     for k, v in VARIANTS[label].items():
         setattr(ch, k, v)
     ch._kernel.cache_clear()
+    run_checks(label)
     time_shapes(label)
     for k, v in saved.items():
         setattr(ch, k, v)

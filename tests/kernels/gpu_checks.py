@@ -1,6 +1,7 @@
 """GPU checks of the compiled kernels, run by ``test_gpu.py`` in a fresh process (the CPU tests hold the
 kernels in Triton's interpreter, which cannot take CUDA tensors). Prints one JSON line per check:
-``{"check": name, "ok": bool, "detail": str}``. Usage: ``python -m tests.kernels.gpu_checks [--quick]``.
+``{"check": name, "ok": bool, "detail": str}``. Usage: ``python -m tests.kernels.gpu_checks [--quick] [TEXT ...]``
+(with TEXT arguments, only the checks whose names contain one of them).
 """
 
 from __future__ import annotations
@@ -127,6 +128,9 @@ def main() -> int:
                     checks[name] = lambda s=shape, d=dtype, m=masked, t=tm, f=fast_hist: check_exact(s, d, m, t, f)
     for tm in ("all", "candidates"):
         checks[f"no host sync {tm}"] = lambda t=tm: check_no_sync(t)
+    wanted = [a for a in sys.argv[1:] if not a.startswith("--")]
+    if wanted:
+        checks = {k: v for k, v in checks.items() if any(w in k for w in wanted)}
     failed = 0
     print(json.dumps({"check": "cuda_hist available", "ok": True, "detail": str(fast)}), flush=True)
     for name, fn in checks.items():

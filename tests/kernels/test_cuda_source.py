@@ -69,11 +69,15 @@ def test_every_variant_compiles(nvrtc_ready, arch):
 
 
 def test_channel_fit_limits():
-    # one 32-bit word per channel, padded to 8 channels, within CHANNEL_MAX_BYTES
+    # 16 bits per channel for bf16/fp16 (two per shared word), 32 for fp32, padded to 8 channels
     import torch
 
-    limit = cuda_hist.CHANNEL_MAX_BYTES // 4
-    assert cuda_hist.channels_fit(limit, torch.bfloat16)
-    assert cuda_hist.channels_fit(18944, torch.bfloat16)      # Qwen2.5-7B's MLP width
-    assert not cuda_hist.channels_fit(limit + 1, torch.float32)
-    assert cuda_hist._channel_bytes(1, torch.float16) == 32
+    words = cuda_hist.CHANNEL_MAX_BYTES // 4
+    assert cuda_hist.channels_fit(words, torch.float32)
+    assert not cuda_hist.channels_fit(words + 1, torch.float32)
+    assert cuda_hist.channels_fit(2 * words, torch.bfloat16)
+    assert not cuda_hist.channels_fit(2 * words + 1, torch.float16)
+    assert cuda_hist.channels_fit(18944, torch.float32)       # Qwen2.5-7B's MLP width, in any dtype
+    assert cuda_hist.channels_fit(27648, torch.bfloat16)      # Qwen2.5-32B's MLP width in bf16
+    assert cuda_hist._channel_bytes(1, torch.float16) == 16
+    assert cuda_hist._channel_bytes(9, torch.float32) == 64
