@@ -62,8 +62,8 @@ _REVERSE = int(os.environ.get("MAXACT_CUDA_REVERSE", 1))
 # Shared bytes of the histogram window (WBINS + 8 words: dump slot, rare counts); channel maxima follow.
 _SH_HIST_BYTES = (8192 + 8) * 4
 _CH_DIRTY_BYTES = 160 * 4   # bitmap of raised channel groups, before the channel maxima
-# Channel maxima are fused when they fit in this much shared memory (two blocks per SM must fit in
-# 227 KiB with the histogram): 18944 channels, Qwen2.5-7B's MLP width.
+# Channel maxima are fused when they fit in this much shared memory (with the histogram, well inside the
+# 227 KiB of one block per SM): 37888 bf16/fp16 channels (two per word) or 18944 fp32 channels.
 CHANNEL_MAX_BYTES = 18944 * 4
 
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2}
