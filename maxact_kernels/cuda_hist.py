@@ -57,6 +57,8 @@ _MIN_BYTES_PER_BLOCK = int(os.environ.get("MAXACT_CUDA_MIN_BYTES_PER_BLOCK", 64 
 _UNROLL = int(os.environ.get("MAXACT_CUDA_UNROLL", 2))
 # Shared histogram increments as ATOMS.POPC.INC (0) or plain ATOMS.ADD (1): see hist_inc in the source.
 _HIST_INC = int(os.environ.get("MAXACT_CUDA_HIST_INC", 0))
+# The basic update of a contiguous unmasked tensor reads flat tiles instead of rows (0 turns it off).
+_FLAT = int(os.environ.get("MAXACT_CUDA_FLAT", 1))
 # Visit rows last to first: the end of a tensor its producer just wrote is the part still in L2.
 _REVERSE = int(os.environ.get("MAXACT_CUDA_REVERSE", 1))
 # Shared bytes of the histogram window (WBINS + 8 words: dump slot, rare counts); channel maxima follow.
@@ -220,14 +222,16 @@ __device__ __forceinline__ unsigned umin16x2(unsigned a, unsigned b) {
 }
 
 /* Signed sum of bf16 vectors on the tensor cores: D = A x B + C with A the warp's 32 vectors (one
-   m16n8k16 A fragment is exactly one 16-byte vector per lane) and B ones in column 0 only (lanes 0-3
-   hold that column), so the column-0 accumulators (c[0], c[2] of lanes 0, 4, ..., 28) hold row sums of
-   A: products are exact, accumulation is fp32, and the caller folds them into fp64 every chunk. This
-   replaces eight unpacks and eight dependent fp32 adds per vector. Must be reached by the whole warp. */
-__device__ __forceinline__ void mma_sum_bf16(float c[4], const uint4 a, unsigned b) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+   m16n8k16 A fragment is exactly one 16-byte vector per lane) and B = 1/4 everywhere, so every column of
+   D holds the row sums of A / 4; c[0] (row g, column 2t) and c[2] (row g + 8, column 2t) of lane 4g + t,
+   summed over the 32 lanes, count each row sum / 4 four times: the total. Products and the
+   power-of-two scaling are exact, accumulation is fp32, and the caller folds c[0] + c[2] into fp64 every
+   chunk. This replaces eight unpacks and eight dependent fp32 adds per vector, and B is a constant
+   (no per-lane column select). Must be reached by the whole warp. */
+__device__ __forceinline__ void mma_sum_bf16(float c[4], const uint4 a) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%8}, {%0,%1,%2,%3};"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b), "r"(b));
+        : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(0x3e803e80u));
 }
 
 /* ---- per-channel max |x| in shared memory -------------------------------------------------------
@@ -295,6 +299,14 @@ __device__ __forceinline__ void ch_max_vec32(unsigned* chw, int ch0, const unsig
     }
 }
 
+/* 4 * (w - WLO in each half) for a word of two bf16 |x| inside the window (see visit_vec16). In asm so
+   that the compiler keeps one multiply-add per word rather than one per half. */
+__device__ __forceinline__ unsigned window_offsets(unsigned w) {
+    unsigned d;
+    asm("mad.lo.u32 %0, %1, 4, %2;" : "=r"(d) : "r"(w), "n"(-(int)(WLO * 0x40004u)));
+    return d;
+}
+
 /* One 16-byte vector of bf16 or fp16 whose eight |x| all lie in the shared window (the caller proved it
    from their packed min and max): the hot path. Each element costs one shared atomic on its window bin;
    for fp16 also its sum, square and |x| in fp32. For bf16 the signed sum is taken by the caller on the
@@ -312,7 +324,11 @@ __device__ __forceinline__ void visit_vec16(const unsigned wv[4], const unsigned
     #pragma unroll
     for (int j = 0; j < 8; ++j) {
         if (DT == 0) {                         /* bf16: the sums come from the MMA and the bins */
-            hist_inc(shw + ((j & 1) ? (aw[j >> 1] >> 16) : (aw[j >> 1] & 0xffffu)));
+            /* Both halves' byte offsets into the window from one multiply-add: d = 4 * (aw - WLO in each
+               half) cannot borrow across halves (both are >= WLO) and each half is < 4 * 8192, so the low
+               offset is d's low 16 bits and the high one d >> 16 (three instructions per two bins). */
+            const unsigned d = window_offsets(aw[j >> 1]);
+            hist_inc((unsigned*)((char*)sh + ((j & 1) ? (d >> 16) : (d & 0xffffu))));
         } else {
             const float v = unpack<D>(wv[j >> 1], j & 1);
             hist_inc(shw + (__float_as_uint(fabsf(v)) >> 16));
@@ -394,12 +410,13 @@ template <> struct NanAbove<2> { static constexpr unsigned V = 0x7f800000u; };
    bf16/fp16: the vector's packed |x| max and min decide it in a few integer instructions. Each half h
    of (vmax + (0x8000 - HI)) has its top bit set iff h >= HI, and of (vmin + (0x8000 - LO)) iff h >= LO
    (no carry crosses halves since h <= 0x7fff), so the whole vector is finite and inside the window
-   [LO, HI) iff the combined top bits are clear. msum (zero on entry) gets the vector when its signed
-   sum is left to the caller's MMA (the bf16 fast path). */
+   [LO, HI) iff the combined top bits are clear. Returns true when the vector's signed sum is left to the
+   caller's MMA (the bf16 fast path); otherwise it was summed here, and a bf16 q is zeroed (so that an
+   MMA over q adds nothing). */
 template <int DT, bool ROWS, bool CH>
-__device__ __forceinline__ void process_vec(const uint4 q, int ch0, unsigned* sh, u64* hist, unsigned* chw,
+__device__ __forceinline__ bool process_vec(uint4& q, int ch0, unsigned* sh, u64* hist, unsigned* chw,
                                             Acc& a, unsigned& pmn, unsigned& pmx,
-                                            float& rmax, int& rarg, uint4& msum) {
+                                            float& rmax, int& rarg) {
     constexpr int PER_WORD = (DT == 2) ? 1 : 2;
     const unsigned wv[4] = {q.x, q.y, q.z, q.w};
     if (DT == 2) {
@@ -408,7 +425,7 @@ __device__ __forceinline__ void process_vec(const uint4 q, int ch0, unsigned* sh
         for (int k = 0; k < 4; ++k) nonfinite |= (wv[k] & 0x7f800000u) == 0x7f800000u;
         if (nonfinite == 0u) {
             visit_vec32<ROWS, CH>(wv, sh, hist, chw, a, rmax, rarg, ch0);
-            return;
+            return false;
         }
     } else {
         unsigned aw[4];
@@ -422,8 +439,7 @@ __device__ __forceinline__ void process_vec(const uint4 q, int ch0, unsigned* sh
         constexpr unsigned ADD_LO = (0x8000u - LO) * 0x10001u;
         if ((((vmax + ADD_HI) | ~(vmin + ADD_LO)) & 0x80008000u) == 0u) {
             visit_vec16<DT, ROWS, CH>(wv, aw, vmax, sh, chw, a, pmn, pmx, rmax, rarg, ch0);
-            if (DT == 0) msum = q;             /* its signed sum: the caller's MMA */
-            return;
+            return DT == 0;                    /* bf16: its signed sum is the caller's MMA */
         }
     }
     float fs = 0.f, fs2 = 0.f, fsa = 0.f;
@@ -438,6 +454,22 @@ __device__ __forceinline__ void process_vec(const uint4 q, int ch0, unsigned* sh
         }
     }
     a.s += (double)fs; a.s2 += (double)fs2; a.sa += (double)fsa;
+    if (DT == 0) {   /* volatile: zeroed here, on the rare path, not by selects on every vector */
+        asm volatile("mov.b32 %0, 0;\n\tmov.b32 %1, 0;\n\tmov.b32 %2, 0;\n\tmov.b32 %3, 0;"
+                     : "=r"(q.x), "=r"(q.y), "=r"(q.z), "=r"(q.w));
+    }
+    return false;
+}
+
+/* The signed sums of a warp's bf16 vectors q (zero where summed otherwise) on the tensor cores, into fp64.
+   The whole warp must call it. */
+template <int UNROLL>
+__device__ __forceinline__ void mma_fold(Acc& a, const uint4 (&q)[UNROLL]) {
+    __syncwarp();
+    float macc[4] = {0.f, 0.f, 0.f, 0.f};
+    #pragma unroll
+    for (int u = 0; u < UNROLL; ++u) mma_sum_bf16(macc, q[u]);
+    a.s += (double)macc[0] + (double)macc[2];
 }
 
 /* End of a row: warp arg-max (larger value wins, the smaller channel breaks ties), then lane 0 writes the
@@ -468,7 +500,7 @@ __device__ __forceinline__ void finish_row(i64 row, int lane, float rmax, int ra
 
 #define SH_HIST_WORDS (WBINS + 8)   /* window bins, the dump slot, the rare counts, padding to 16 bytes */
 
-template <int DT, bool VEC, bool ROWS, bool CH, int UNROLL>
+template <int DT, bool VEC, bool ROWS, bool CH, int UNROLL, bool FLAT>
 __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_stats(
     const char* __restrict__ x, i64 n_rows, i64 n_cols, i64 row_stride_bytes,
     const unsigned char* __restrict__ mask,           /* [n_rows] or null */
@@ -505,7 +537,6 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
     __syncthreads();
 
     const int lane = threadIdx.x & 31;  /* one warp per row */
-    const unsigned mma_ones = lane < 4 ? 0x3f803f80u : 0u;   /* bf16 1.0 in column 0 of B */
     const int warp = threadIdx.x >> 5;
     const int nwarps = blockDim.x >> 5;
     constexpr int PV = Elem<DT>::PER_VEC;
@@ -530,7 +561,63 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
     };
     float rmax = -1.f;
     int rarg = -1;
-    if (VEC) {
+    if (FLAT) {
+        /* The basic update of a contiguous tensor without a mask (no row outputs, no channel maxima): rows
+           do not matter, so each block reads tiles of blockDim x UNROLL vectors, all its threads side by
+           side. That read pattern measured 0.87-0.90 of copy where warp-per-row measured 0.82
+           (scripts/gpu_read_ceiling.py, H200). Full tiles take no bounds tests and go through a register
+           double buffer; one block takes the last, partial tile. */
+        const i64 nvec = n_rows * n_cols / PV;
+        const uint4* xv = (const uint4*)x + threadIdx.x;
+        const int bd = blockDim.x;
+        const i64 tile = (i64)bd * UNROLL;
+        const i64 nfull = nvec / tile;
+        /* tiles blockIdx.x, + gridDim.x, ...: a pointer that steps (backwards when reverse) and a 32-bit
+           count keep 64-bit index arithmetic out of the loop */
+        const i64 step = reverse ? -(i64)gridDim.x * tile : (i64)gridDim.x * tile;
+        const uint4* p = xv + (reverse ? nfull - 1 - (i64)blockIdx.x : (i64)blockIdx.x) * tile;
+        auto load = [&](uint4 (&q)[UNROLL]) {
+            #pragma unroll
+            for (int u = 0; u < UNROLL; ++u) q[u] = load_streaming(p + u * bd);
+            p += step;
+        };
+        auto eat = [&](uint4 (&q)[UNROLL]) {
+            #pragma unroll
+            for (int u = 0; u < UNROLL; ++u) process_vec<DT, false, false>(q[u], 0, sh, hist, chw, a, pmn, pmx, rmax, rarg);
+            if (DT == 0) mma_fold<UNROLL>(a, q);
+        };
+        uint4 qa[UNROLL], qb[UNROLL];
+        const unsigned ntiles = (unsigned)nfull;   /* 2^32 tiles would be over 2^42 elements */
+        unsigned k = blockIdx.x;
+        if (k < ntiles) {
+            load(qa);
+            for (;;) {
+                k += gridDim.x;
+                bool more = k < ntiles;
+                if (more) load(qb);
+                eat(qa);
+                if (!more) break;
+                k += gridDim.x;
+                more = k < ntiles;
+                if (more) load(qa);
+                eat(qb);
+                if (!more) break;
+            }
+        }
+        if (blockIdx.x == nfull % gridDim.x && nfull * tile < nvec) {   /* the partial tile */
+            #pragma unroll
+            for (int u = 0; u < UNROLL; ++u) {
+                const i64 v = nfull * tile + u * bd;
+                qa[u] = make_uint4(0u, 0u, 0u, 0u);
+                if (v + threadIdx.x < nvec) {
+                    qa[u] = load_streaming(xv + v);
+                    process_vec<DT, false, false>(qa[u], 0, sh, hist, chw, a, pmn, pmx, rmax, rarg);
+                }
+            }
+            if (DT == 0) mma_fold<UNROLL>(a, qa);
+        }
+        if (blockIdx.x == 0 && threadIdx.x == 0) atomicAdd((u64*)counts, (u64)(n_rows * n_cols));
+    } else if (VEC) {
         /* Software-pipelined over (row, chunk): the next chunk's UNROLL 16-byte loads, possibly of the
            warp's next row, are in flight while the current chunk is processed, so short rows (1-4K
            channels) do not stall the warp at every row start. Two register sets take turns (qa, qb)
@@ -577,21 +664,15 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
             const bool more = row < n_rows;
             if (more) load(nxt);
             const int v0 = cur_pc * CHUNK + lane;
-            uint4 msum[UNROLL];
+            uint4 msum[UNROLL];   /* the fast-path vectors, summed by the whole warp on the tensor cores */
             #pragma unroll
             for (int u = 0; u < UNROLL; ++u) {
                 msum[u] = make_uint4(0u, 0u, 0u, 0u);
-                if (v0 + 32 * u < nvec)
-                    process_vec<DT, ROWS, CH>(cur[u], (v0 + 32 * u) * PV, sh, hist, chw, a, pmn, pmx,
-                                              rmax, rarg, msum[u]);
+                if (v0 + 32 * u < nvec && process_vec<DT, ROWS, CH>(cur[u], (v0 + 32 * u) * PV, sh, hist, chw, a,
+                                                                   pmn, pmx, rmax, rarg))
+                    msum[u] = cur[u];
             }
-            if (DT == 0) {   /* whole warp: the chunk's fast-path signed sums on the tensor cores, into fp64 */
-                __syncwarp();
-                float macc[4] = {0.f, 0.f, 0.f, 0.f};
-                #pragma unroll
-                for (int u = 0; u < UNROLL; ++u) mma_sum_bf16(macc, msum[u], mma_ones);
-                a.s += (double)macc[0] + (double)macc[2];
-            }
+            if (DT == 0) mma_fold<UNROLL>(a, msum);
             if (cur_c == cpr - 1) {
                 if (lane == 0) a.n += (unsigned)n_cols;
                 if (ROWS) finish_row(phys(cur_row), lane, rmax, rarg, row_absmax, row_argmax, rowkey,
@@ -656,8 +737,8 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
             a.s += part_d[0][w]; a.s2 += part_d[1][w]; a.sa += part_d[2][w];
             a.mn = fminf(a.mn, part_f[0][w]); a.mx = fmaxf(a.mx, part_f[1][w]); a.n += part_n[w];
         }
-        if (a.n > 0u) {
-            atomicAdd((u64*)counts + 0, (u64)a.n);   /* NaN included: taken off below */
+        if (a.n > 0u || FLAT) {   /* FLAT: block 0 counted every element */
+            if (a.n > 0u) atomicAdd((u64*)counts + 0, (u64)a.n);   /* NaN included: taken off below */
             atomicAdd(sums + 0, a.s);
             atomicAdd(sums + 1, a.s2);
             atomicAdd(sums + 2, a.sa);
@@ -761,18 +842,18 @@ def _compile(cc, source: str, arch: str, name: str, target: str = "cubin"):
     return prog.compile(target, name_expressions=(name,))
 
 
-def kernel_name(dtype_code: int, vec: bool, rows: bool, channels: bool) -> str:
+def kernel_name(dtype_code: int, vec: bool, rows: bool, channels: bool, flat: bool = False) -> str:
     b = lambda f: "true" if f else "false"  # noqa: E731
-    return f"maxact_fused_stats<{dtype_code}, {b(vec)}, {b(rows)}, {b(channels)}, {_UNROLL}>"
+    return f"maxact_fused_stats<{dtype_code}, {b(vec)}, {b(rows)}, {b(channels)}, {_UNROLL}, {b(flat)}>"
 
 
 @functools.lru_cache(maxsize=None)
-def _kernel(device_index: int, dtype_code: int, vec: bool, rows: bool, channels: bool):
+def _kernel(device_index: int, dtype_code: int, vec: bool, rows: bool, channels: bool, flat: bool = False):
     cc = _cuda_core()
     dev = cc.Device(device_index)
     dev.set_current()
     major, minor = torch.cuda.get_device_capability(device_index)
-    name = kernel_name(dtype_code, vec, rows, channels)
+    name = kernel_name(dtype_code, vec, rows, channels, flat)
     kernel = _compile(cc, _source(), f"sm_{major}{minor}", name).get_kernel(name)
     attrs = kernel.attributes
     logger.info("compiled %s for sm_%d%d: %d registers, %d bytes local memory",
@@ -866,12 +947,14 @@ def fused_stats(
     if channels and not channels_fit(n_cols, x2d.dtype):
         raise ValueError(f"{n_cols} channels of {x2d.dtype} do not fit the fused kernel's shared memory")
     dev_index = x2d.device.index if x2d.device.index is not None else torch.cuda.current_device()
-    kernel = _kernel(dev_index, _DTYPE_CODE[x2d.dtype], vec, rows, channels)
+    # the basic update of a whole contiguous tensor reads it flat, ignoring rows (the faster read pattern)
+    flat = _FLAT and vec and not rows and not channels and row_mask is None and x2d.stride(0) == n_cols
+    kernel = _kernel(dev_index, _DTYPE_CODE[x2d.dtype], vec, rows, channels, flat)
     shmem = _SH_HIST_BYTES + (_CH_DIRTY_BYTES + _channel_bytes(n_cols, x2d.dtype) if channels else 0)
     _allow_shared(kernel, dev_index, shmem)
 
     warps = _BLOCK // 32
-    by_rows = -(-n_rows // warps)
+    by_rows = n_rows * n_cols if flat else -(-n_rows // warps)
     by_bytes = max(1, (n_rows * n_cols * esize) // _MIN_BYTES_PER_BLOCK)
     grid = max(1, min(_num_sms(dev_index) * _BLOCKS_PER_SM, by_rows, by_bytes))
 

@@ -77,7 +77,9 @@ def expected(x2d, mask, sample_ids, n_samples):
     )
 
 
-def check(shape, dtype, masked, noncontig=False, specials=True, wide=True):
+def check(shape, dtype, masked, noncontig=False, specials=True, wide=True, basic=False):
+    """Errors of one update against float64 torch; ``basic``: no row outputs or channel maxima (the flat
+    kernel when the input is contiguous and unmasked)."""
     x = make(shape, dtype, specials, wide)
     if noncontig:
         x = x[:, 1:]                     # row pitch != width, unaligned base: scalar path
@@ -89,11 +91,14 @@ def check(shape, dtype, masked, noncontig=False, specials=True, wide=True):
     # a prior channel max (some channels above this tensor's maxima) exercises the shared start values
     prior = torch.where(torch.rand(x2d.shape[1], device=dev) > 0.5, torch.rand(x2d.shape[1], device=dev) * 3, 0.0)
     st["channel_abs_max"].copy_(prior)
-    fit = ch.channels_fit(x2d.shape[1], x2d.dtype)
-    ch.fused_stats(x2d, mask, st["counts"], st["sums"], st["minmax"], st["abs_hist"],
-                   row_absmax=st["row_absmax"], row_argmax=st["row_argmax"], rowkey=st["rowkey"],
-                   sample_ids=sids, sample_abs_max=st["sample_abs_max"], sample_oor=st["sample_oor"],
-                   channel_abs_max=st["channel_abs_max"] if fit else None)
+    fit = ch.channels_fit(x2d.shape[1], x2d.dtype) and not basic
+    if basic:
+        ch.fused_stats(x2d, mask, st["counts"], st["sums"], st["minmax"], st["abs_hist"])
+    else:
+        ch.fused_stats(x2d, mask, st["counts"], st["sums"], st["minmax"], st["abs_hist"],
+                       row_absmax=st["row_absmax"], row_argmax=st["row_argmax"], rowkey=st["rowkey"],
+                       sample_ids=sids, sample_abs_max=st["sample_abs_max"], sample_oor=st["sample_oor"],
+                       channel_abs_max=st["channel_abs_max"] if fit else None)
     e = expected(x2d, mask, sids, 64)
     errs = []
     if fit and not torch.equal(st["channel_abs_max"], torch.maximum(prior, e["cmax"])):
@@ -104,6 +109,8 @@ def check(shape, dtype, masked, noncontig=False, specials=True, wide=True):
             errs.append(f"sum[{i}] {got} vs {want}")
     if st["minmax"].tolist() != e["minmax"]: errs.append(f"minmax {st['minmax'].tolist()} vs {e['minmax']}")
     if not torch.equal(st["abs_hist"], e["hist"]): errs.append(f"hist differs in {(st['abs_hist'] != e['hist']).sum().item()} bins")
+    if basic:
+        return errs
     if not torch.equal(st["row_absmax"], e["rmax"]): errs.append("row_absmax")
     if not torch.equal(st["row_argmax"].long(), e["rarg"]): errs.append("row_argmax")
     if not torch.equal(st["sample_abs_max"], e["smax"]): errs.append("sample_abs_max")
@@ -115,7 +122,7 @@ results = {"device": torch.cuda.get_device_name(), "checks": {}, "timing": {}}
 
 def run_checks(label):
     checks = {}
-    for shape in [(1, 1), (5, 123), (7, 8), (1823, 781), (300, 4096), (64, 12288)]:
+    for shape in [(1, 1), (5, 123), (7, 8), (1823, 781), (300, 4096), (64, 12288), (2, 1000008), (4099, 24)]:
         for dtype in (torch.bfloat16, torch.float16, torch.float32):
             for masked in (False, True):
                 cases = [(False, True, True), (True, True, True), (False, False, True), (False, False, False),
@@ -127,6 +134,12 @@ def run_checks(label):
                     except Exception as exc:  # report every failure, keep checking the others
                         errs = [f"{type(exc).__name__}: {exc}"]
                     checks[key] = errs
+                    if not masked and not nc:   # the same input as a basic update
+                        try:
+                            errs = check(shape, dtype, masked, nc, sp, wide, basic=True)
+                        except Exception as exc:
+                            errs = [f"{type(exc).__name__}: {exc}"]
+                        checks[key + " basic"] = errs
     bad = {k: v for k, v in checks.items() if v}
     print(f"{label}: exactness {len(checks) - len(bad)} / {len(checks)} cases pass", flush=True)
     for k, v in list(bad.items())[:20]:
@@ -170,7 +183,9 @@ def time_shapes(label):
 
 
 VARIANTS = {"default": {}, "fwd-order": {"_REVERSE": 0}, "unroll4": {"_UNROLL": 4},
-            "atoms-add": {"_HIST_INC": 1}, "512x2": {"_BLOCK": 512, "_BLOCKS_PER_SM": 2}}
+            "atoms-add": {"_HIST_INC": 1}, "512x2": {"_BLOCK": 512, "_BLOCKS_PER_SM": 2},
+            "no-flat": {"_FLAT": 0}, "768": {"_BLOCK": 768}, "768-u3": {"_BLOCK": 768, "_UNROLL": 3},
+            "768-u4": {"_BLOCK": 768, "_UNROLL": 4}}
 # argv[2]: comma-separated timing variants (default "default"); "none" checks exactness only
 labels = sys.argv[2].split(",") if len(sys.argv) > 2 else ["default"]
 if labels == ["none"]:

@@ -16,7 +16,8 @@ nvrtc = pytest.importorskip("cuda.bindings.nvrtc", reason="cuda-bindings is not 
 
 from maxact_kernels import cuda_hist  # noqa: E402
 
-VARIANTS = list(itertools.product(range(3), (True, False), (True, False), (True, False)))
+VARIANTS = [v + (False,) for v in itertools.product(range(3), (True, False), (True, False), (True, False))]
+VARIANTS += [(dt, True, False, False, True) for dt in range(3)]   # the flat basic update
 
 
 def _nvrtc_ok():
