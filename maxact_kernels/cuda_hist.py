@@ -178,6 +178,14 @@ __device__ __forceinline__ void atomic_max_float(float* addr, float v) {
     if (v >= 0.f) atomicMax((int*)addr, __float_as_int(v));
     else atomicMin((unsigned*)addr, __float_as_uint(v));
 }
+/* A float's bits as an unsigned integer with the same order (not for NaN), and back. */
+__device__ __forceinline__ unsigned float_key(float f) {
+    const unsigned u = __float_as_uint(f);
+    return u ^ ((unsigned)((int)u >> 31) | 0x80000000u);
+}
+__device__ __forceinline__ float key_float(unsigned k) {
+    return __uint_as_float(k ^ (((k >> 31) - 1u) | 0x80000000u));
+}
 __device__ __forceinline__ void atomic_min_float(float* addr, float v) {
     if (v >= 0.f) atomicMin((int*)addr, __float_as_int(v));
     else atomicMax((unsigned*)addr, __float_as_uint(v));
@@ -712,72 +720,60 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
         a.mn = fminf(a.mn, fminf(unpack<DT == 2 ? 0 : DT>(pmn, 0), unpack<DT == 2 ? 0 : DT>(pmn, 1)));
         a.mx = fmaxf(a.mx, fmaxf(unpack<DT == 2 ? 0 : DT>(pmx, 0), unpack<DT == 2 ? 0 : DT>(pmx, 1)));
     }
-    /* warp reductions, then one global atomic per warp and statistic */
+    __syncthreads();   /* every shared atomic has landed */
+    /* flush the window; for bf16 also its exact squared and absolute sums (bin value = the element), which
+       join the thread's own sums before the reductions below */
+    for (int i = threadIdx.x; i < WBINS; i += blockDim.x) {
+        const unsigned c = sh[i];
+        if (c) {
+            atomicAdd(hist + WLO + i, (u64)c);
+            if (DT == 0) {
+                const double v = (double)__uint_as_float((unsigned)(WLO + i) << 16);
+                a.sa = fma((double)c, v, a.sa);
+                a.s2 = fma((double)c * v, v, a.s2);
+            }
+        }
+    }
+    /* warp reductions: fp64 sums by shuffles; min, max and count in one instruction each (REDUX), min and
+       max as order-preserving integers (never NaN here: fminf/fmaxf skip it) */
     #pragma unroll
     for (int off = 16; off > 0; off >>= 1) {
         a.s += __shfl_down_sync(0xffffffffu, a.s, off);
         a.s2 += __shfl_down_sync(0xffffffffu, a.s2, off);
         a.sa += __shfl_down_sync(0xffffffffu, a.sa, off);
-        a.mn = fminf(a.mn, __shfl_down_sync(0xffffffffu, a.mn, off));
-        a.mx = fmaxf(a.mx, __shfl_down_sync(0xffffffffu, a.mx, off));
-        a.n += __shfl_down_sync(0xffffffffu, a.n, off);
     }
+    const unsigned mn_key = __reduce_min_sync(0xffffffffu, float_key(a.mn));
+    const unsigned mx_key = __reduce_max_sync(0xffffffffu, float_key(a.mx));
+    const unsigned n_warp = __reduce_add_sync(0xffffffffu, a.n);
     /* warp partials to shared, then one thread per block takes the global atomics (same-address global
        atomics from every warp queue up in L2 at the end of the kernel) */
     __shared__ double part_d[3][MAXACT_BLOCK / 32];
-    __shared__ float part_f[2][MAXACT_BLOCK / 32];
-    __shared__ unsigned part_n[MAXACT_BLOCK / 32];
+    __shared__ unsigned part_u[3][MAXACT_BLOCK / 32];
     if (lane == 0) {
         part_d[0][warp] = a.s; part_d[1][warp] = a.s2; part_d[2][warp] = a.sa;
-        part_f[0][warp] = a.mn; part_f[1][warp] = a.mx; part_n[warp] = a.n;
+        part_u[0][warp] = mn_key; part_u[1][warp] = mx_key; part_u[2][warp] = n_warp;
     }
     __syncthreads();
     if (threadIdx.x == 0) {
-        for (int w = 1; w < nwarps; ++w) {
-            a.s += part_d[0][w]; a.s2 += part_d[1][w]; a.sa += part_d[2][w];
-            a.mn = fminf(a.mn, part_f[0][w]); a.mx = fmaxf(a.mx, part_f[1][w]); a.n += part_n[w];
+        double s = 0.0, s2 = 0.0, sa = 0.0;
+        unsigned mnk = 0xffffffffu, mxk = 0u, n = 0u;
+        for (int w = 0; w < nwarps; ++w) {
+            s += part_d[0][w]; s2 += part_d[1][w]; sa += part_d[2][w];
+            mnk = min(mnk, part_u[0][w]); mxk = max(mxk, part_u[1][w]); n += part_u[2][w];
         }
-        if (a.n > 0u || FLAT) {   /* FLAT: block 0 counted every element */
-            if (a.n > 0u) atomicAdd((u64*)counts + 0, (u64)a.n);   /* NaN included: taken off below */
-            atomicAdd(sums + 0, a.s);
-            atomicAdd(sums + 1, a.s2);
-            atomicAdd(sums + 2, a.sa);
+        if (n > 0u || FLAT) {   /* FLAT: block 0 counted every element */
+            if (n > 0u) atomicAdd((u64*)counts + 0, (u64)n);   /* NaN included: taken off below */
+            atomicAdd(sums + 0, s);
+            if (s2 != 0.0 || sa != 0.0) { atomicAdd(sums + 1, s2); atomicAdd(sums + 2, sa); }
             /* a block that saw only NaN still holds +inf / -inf here, which change nothing */
-            atomic_min_float(minmax + 0, a.mn + 0.f);   /* + 0.f turns -0.0 into 0 */
-            atomic_max_float(minmax + 1, a.mx + 0.f);
+            atomic_min_float(minmax + 0, key_float(mnk) + 0.f);   /* + 0.f turns -0.0 into 0 */
+            atomic_max_float(minmax + 1, key_float(mxk) + 0.f);
         }
         const unsigned nnan = sh[SH_NAN], npinf = sh[SH_PINF], nninf = sh[SH_NINF], nzero = sh[SH_ZERO];
         if (nnan) { atomicAdd((u64*)counts + 0, (u64)(-(i64)nnan)); atomicAdd((u64*)counts + 1, (u64)nnan); }
         if (npinf) atomicAdd((u64*)counts + 2, (u64)npinf);
         if (nninf) atomicAdd((u64*)counts + 3, (u64)nninf);
         if (nzero) atomicAdd(hist, (u64)nzero);
-    }
-    /* flush the window; for bf16 also its exact squared and absolute sums (bin value = the element) */
-    double hs2 = 0.0, hsa = 0.0;
-    for (int i = threadIdx.x; i < WBINS; i += blockDim.x) {   /* WBINS is a multiple of blockDim.x */
-        const unsigned c = sh[i];
-        if (c) {
-            atomicAdd(hist + WLO + i, (u64)c);
-            if (DT == 0) {
-                const double v = (double)__uint_as_float((unsigned)(WLO + i) << 16);
-                hsa = fma((double)c, v, hsa);
-                hs2 = fma((double)c * v, v, hs2);
-            }
-        }
-    }
-    if (DT == 0) {
-        #pragma unroll
-        for (int off = 16; off > 0; off >>= 1) {
-            hs2 += __shfl_down_sync(0xffffffffu, hs2, off);
-            hsa += __shfl_down_sync(0xffffffffu, hsa, off);
-        }
-        __syncthreads();                       /* part_d is free again */
-        if (lane == 0) { part_d[0][warp] = hs2; part_d[1][warp] = hsa; }
-        __syncthreads();
-        if (threadIdx.x == 0) {
-            for (int w = 1; w < nwarps; ++w) { hs2 += part_d[0][w]; hsa += part_d[1][w]; }
-            if (hsa != 0.0) { atomicAdd(sums + 1, hs2); atomicAdd(sums + 2, hsa); }
-        }
     }
     if (CH) {   /* only raised channels whose block max beats the global one (as last seen) take an atomic */
         for (int c = threadIdx.x; c < n_cols; c += blockDim.x) {

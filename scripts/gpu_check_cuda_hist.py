@@ -92,28 +92,32 @@ def check(shape, dtype, masked, noncontig=False, specials=True, wide=True, basic
     prior = torch.where(torch.rand(x2d.shape[1], device=dev) > 0.5, torch.rand(x2d.shape[1], device=dev) * 3, 0.0)
     st["channel_abs_max"].copy_(prior)
     fit = ch.channels_fit(x2d.shape[1], x2d.dtype) and not basic
+    e = expected(x2d, mask, sids, 64)
     if basic:
         ch.fused_stats(x2d, mask, st["counts"], st["sums"], st["minmax"], st["abs_hist"])
-    else:
-        ch.fused_stats(x2d, mask, st["counts"], st["sums"], st["minmax"], st["abs_hist"],
-                       row_absmax=st["row_absmax"], row_argmax=st["row_argmax"], rowkey=st["rowkey"],
-                       sample_ids=sids, sample_abs_max=st["sample_abs_max"], sample_oor=st["sample_oor"],
-                       channel_abs_max=st["channel_abs_max"] if fit else None)
-    e = expected(x2d, mask, sids, 64)
-    errs = []
+        return compare(st, e)
+    ch.fused_stats(x2d, mask, st["counts"], st["sums"], st["minmax"], st["abs_hist"],
+                   row_absmax=st["row_absmax"], row_argmax=st["row_argmax"], rowkey=st["rowkey"],
+                   sample_ids=sids, sample_abs_max=st["sample_abs_max"], sample_oor=st["sample_oor"],
+                   channel_abs_max=st["channel_abs_max"] if fit else None)
+    errs = compare(st, e)
     if fit and not torch.equal(st["channel_abs_max"], torch.maximum(prior, e["cmax"])):
         errs.append(f"channel_abs_max differs in {(st['channel_abs_max'] != torch.maximum(prior, e['cmax'])).sum().item()}")
+    if not torch.equal(st["row_absmax"], e["rmax"]): errs.append("row_absmax")
+    if not torch.equal(st["row_argmax"].long(), e["rarg"]): errs.append("row_argmax")
+    if not torch.equal(st["sample_abs_max"], e["smax"]): errs.append("sample_abs_max")
+    return errs
+
+
+def compare(st, e):
+    """Errors of the basic statistics in state ``st`` against the expected ``e``."""
+    errs = []
     if st["counts"].tolist() != e["counts"]: errs.append(f"counts {st['counts'].tolist()} vs {e['counts']}")
     for i, (got, want) in enumerate(zip(st["sums"].tolist(), e["sums"])):
         if abs(got - want) > 1e-6 * max(e["sums"][2] if i == 0 else abs(want), 1e-30):
             errs.append(f"sum[{i}] {got} vs {want}")
     if st["minmax"].tolist() != e["minmax"]: errs.append(f"minmax {st['minmax'].tolist()} vs {e['minmax']}")
     if not torch.equal(st["abs_hist"], e["hist"]): errs.append(f"hist differs in {(st['abs_hist'] != e['hist']).sum().item()} bins")
-    if basic:
-        return errs
-    if not torch.equal(st["row_absmax"], e["rmax"]): errs.append("row_absmax")
-    if not torch.equal(st["row_argmax"].long(), e["rarg"]): errs.append("row_argmax")
-    if not torch.equal(st["sample_abs_max"], e["smax"]): errs.append("sample_abs_max")
     return errs
 
 
@@ -202,8 +206,12 @@ for label in ([] if labels == ["none"] else labels):
     ch._kernel.cache_clear()
 x = torch.ones(16384, 4096, device=dev, dtype=torch.bfloat16)
 st = state(16384)
+lognormal = torch.randn(16384, 4096, device=dev) * torch.exp(0.5 * torch.randn(16384, 4096, device=dev))
+lognormal[::4096, 7] = 3000.0                   # benchmarks/test_kernels.py's activations
 for name, x in [("constant", torch.ones(16384, 4096, device=dev, dtype=torch.bfloat16)),
                 ("randn", torch.randn(16384, 4096, device=dev).to(torch.bfloat16)),
+                ("randn*16", (torch.randn(16384, 4096, device=dev) * 16).to(torch.bfloat16)),
+                ("lognormal", lognormal.to(torch.bfloat16)),
                 ("wide", make((16384, 4096), torch.bfloat16, specials=False))]:
     t = bench(lambda: ch.fused_stats(x, None, st["counts"], st["sums"], st["minmax"], st["abs_hist"]))
     print(f"data {name:9s} [16384,4096] basic {t*1e3:7.1f} us")
