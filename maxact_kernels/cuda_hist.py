@@ -143,6 +143,7 @@ struct Acc {
     double s, s2, sa;           /* finite values: sum, sum of squares, sum of |x| */
     float mn, mx;               /* non-NaN values (fminf/fmaxf skip NaN) */
     unsigned n;                 /* elements of valid rows, NaN included (lane 0 of each warp) */
+    unsigned shb;               /* shared address of the histogram window, opaque to the compiler */
 };
 
 /* One element. fs/fs2/fsa are fp32 partials of the current 16-byte vector. With HS (bf16), elements
@@ -336,7 +337,8 @@ __device__ __forceinline__ void visit_vec16(const unsigned wv[4], const unsigned
                half) cannot borrow across halves (both are >= WLO) and each half is < 4 * 8192, so the low
                offset is d's low 16 bits and the high one d >> 16 (three instructions per two bins). */
             const unsigned d = window_offsets(aw[j >> 1]);
-            hist_inc((unsigned*)((char*)sh + ((j & 1) ? (d >> 16) : (d & 0xffffu))));
+            const unsigned off = (j & 1) ? (d >> 16) : (d & 0xffffu);
+            asm volatile("red.shared.add.u32 [%0], 1;" :: "r"(a.shb + off) : "memory");
         } else {
             const float v = unpack<D>(wv[j >> 1], j & 1);
             hist_inc(shw + (__float_as_uint(fabsf(v)) >> 16));
@@ -553,6 +555,9 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
     a.s = 0.0; a.s2 = 0.0; a.sa = 0.0;
     a.mn = __int_as_float(0x7f800000); a.mx = __int_as_float(0xff800000);
     a.n = 0u;
+    /* Kept in a register: left to itself the compiler recomputes the shared window's address for every
+       vector, with an S2UR that queues behind the atomics in the MIO pipe. */
+    asm volatile("mov.b32 %0, %1;" : "=r"(a.shb) : "r"((unsigned)__cvta_generic_to_shared(sh)));
     /* packed running min/max of the finite fast path: +inf / -inf in both halves */
     unsigned pmn = DT == 1 ? 0x7c007c00u : 0x7f807f80u;
     unsigned pmx = DT == 1 ? 0xfc00fc00u : 0xff80ff80u;
