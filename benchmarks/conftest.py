@@ -19,13 +19,18 @@ RESULTS = Path(__file__).resolve().parents[1] / "results" / "benchmarks" / "kern
 
 
 def cuda_time_ms(fn, *, iters: int = 20, repeats: int = 5, warmup: int = 3) -> float:
-    """Median over ``repeats`` of the mean time of ``iters`` back-to-back calls, by CUDA events."""
-    for _ in range(warmup):
-        fn()
+    """Median over ``repeats`` of the mean device time of ``iters`` back-to-back calls, by CUDA events.
+
+    A sleep kernel queued first holds the GPU until every call is queued, so the figure is device time
+    even where the host takes longer to issue a call than the GPU to run it (then :func:`issue_time_ms`
+    is the larger one: report both).
+    """
+    issue = issue_time_ms(fn, iters=max(warmup, 1))
     torch.cuda.synchronize()
     times = []
     for _ in range(repeats):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        _hold_gpu(2.0 * iters * issue + 0.2)
         start.record()
         for _ in range(iters):
             fn()
@@ -33,6 +38,23 @@ def cuda_time_ms(fn, *, iters: int = 20, repeats: int = 5, warmup: int = 3) -> f
         end.synchronize()
         times.append(start.elapsed_time(end) / iters)
     return statistics.median(times)
+
+
+def issue_time_ms(fn, *, iters: int = 20) -> float:
+    """Host time to queue one call of ``fn`` (the GPU held busy meanwhile, so queuing never waits)."""
+    torch.cuda.synchronize()
+    _hold_gpu(50.0)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    dt = (time.perf_counter() - t0) * 1e3 / iters
+    torch.cuda.synchronize()
+    return dt
+
+
+def _hold_gpu(ms: float) -> None:
+    """Queue a kernel that keeps the GPU busy for at least ``ms`` (at up to 2 GHz)."""
+    torch.cuda._sleep(int(ms * 2e6))
 
 
 def cpu_time_ms(fn, *, iters: int = 5, repeats: int = 5, warmup: int = 1) -> float:
@@ -49,8 +71,8 @@ def cpu_time_ms(fn, *, iters: int = 5, repeats: int = 5, warmup: int = 1) -> flo
 
 @pytest.fixture(scope="session")
 def timers():
-    """(cuda_time_ms, cpu_time_ms)."""
-    return cuda_time_ms, cpu_time_ms
+    """(cuda_time_ms, cpu_time_ms, issue_time_ms)."""
+    return cuda_time_ms, cpu_time_ms, issue_time_ms
 
 
 @pytest.fixture(scope="session")

@@ -34,7 +34,8 @@ def test_torchrun_scan_equals_one_process(tmp_path, lengths, nproc):
     # the progress bar (rank 0 only) shows every rank's tokens/s at its sync points
     rates = re.findall(r"rank tok/s=([^,\]]+)", many.stderr)
     assert rates and all(len(r.split()) == nproc for r in rates), many.stderr[-2000:]
-    assert many.stderr.count("scan: 100%") == 1
+    # one bar: it is drawn at 0% once, at creation (later redraws, 100% included, depend on timing)
+    assert many.stderr.count("scan:   0%") == 1 and "scan: 100%" in many.stderr
     # only rank 0 wrote, and the checkpoint folder was cleaned up
     assert sorted(p.name for p in (tmp_path / "many").iterdir()) == ["stats.json", "stats.safetensors"]
 
