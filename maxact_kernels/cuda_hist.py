@@ -578,17 +578,22 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
         /* The basic update of a contiguous tensor without a mask (no row outputs, no channel maxima): rows
            do not matter, so each block reads tiles of blockDim x UNROLL vectors, all its threads side by
            side. That read pattern measured 0.87-0.90 of copy where warp-per-row measured 0.82
-           (scripts/gpu_read_ceiling.py, H200). Full tiles take no bounds tests and go through a register
-           double buffer; one block takes the last, partial tile. */
+           (scripts/gpu_read_ceiling.py, H200). Whole rounds of tiles go round-robin to the blocks
+           (interleaved: measured faster than a contiguous range per block), through a register double
+           buffer with no bounds tests; what is left after the last whole round, less than a tile per block,
+           is split evenly, so that no block is a tile behind the others at the end. */
         const i64 nvec = n_rows * n_cols / PV;
-        const uint4* xv = (const uint4*)x + threadIdx.x;
         const int bd = blockDim.x;
         const i64 tile = (i64)bd * UNROLL;
-        const i64 nfull = nvec / tile;
-        /* tiles blockIdx.x, + gridDim.x, ...: a pointer that steps (backwards when reverse) and a 32-bit
-           count keep 64-bit index arithmetic out of the loop */
+        const unsigned ntiles = (unsigned)(nvec / tile / gridDim.x * gridDim.x);   /* whole rounds */
+        const i64 rem = nvec - (i64)ntiles * tile;
+        const i64 m0 = reverse ? rem : 0;                      /* rounds in [m0, m0 + ntiles * tile) */
+        const i64 r0 = reverse ? 0 : (i64)ntiles * tile;       /* the rest in [r0, r0 + rem) */
+        /* tiles blockIdx.x, + gridDim.x, ... (from the end when reverse): a pointer that steps and a
+           32-bit count keep 64-bit index arithmetic out of the loop */
         const i64 step = reverse ? -(i64)gridDim.x * tile : (i64)gridDim.x * tile;
-        const uint4* p = xv + (reverse ? nfull - 1 - (i64)blockIdx.x : (i64)blockIdx.x) * tile;
+        const uint4* xv = (const uint4*)x + threadIdx.x;
+        const uint4* p = xv + m0 + (reverse ? (i64)ntiles - 1 - blockIdx.x : (i64)blockIdx.x) * tile;
         auto load = [&](uint4 (&q)[UNROLL]) {
             #pragma unroll
             for (int u = 0; u < UNROLL; ++u) q[u] = load_streaming(p + u * bd);
@@ -600,8 +605,7 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
             if (DT == 0) mma_fold<UNROLL>(a, q);
         };
         uint4 qa[UNROLL], qb[UNROLL];
-        const unsigned ntiles = (unsigned)nfull;   /* 2^32 tiles would be over 2^42 elements */
-        unsigned k = blockIdx.x;
+        unsigned k = blockIdx.x;   /* 2^32 tiles would be over 2^42 elements */
         if (k < ntiles) {
             load(qa);
             for (;;) {
@@ -617,13 +621,15 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
                 if (!more) break;
             }
         }
-        if (blockIdx.x == nfull % gridDim.x && nfull * tile < nvec) {   /* the partial tile */
+        /* this block's share of the rest, whole multiples of 8 vectors, with bounds tests */
+        const i64 lo = r0 + ((rem * blockIdx.x / gridDim.x) & ~7LL);
+        const i64 hi = blockIdx.x + 1 == gridDim.x ? r0 + rem : r0 + ((rem * (blockIdx.x + 1) / gridDim.x) & ~7LL);
+        for (i64 base = lo; base < hi; base += tile) {   /* block-uniform: the MMA needs whole warps */
             #pragma unroll
             for (int u = 0; u < UNROLL; ++u) {
-                const i64 v = nfull * tile + u * bd;
                 qa[u] = make_uint4(0u, 0u, 0u, 0u);
-                if (v + threadIdx.x < nvec) {
-                    qa[u] = load_streaming(xv + v);
+                if (base + u * bd + threadIdx.x < hi) {
+                    qa[u] = load_streaming(xv + base + u * bd);
                     process_vec<DT, false, false>(qa[u], 0, sh, hist, chw, a, pmn, pmx, rmax, rarg);
                 }
             }
