@@ -341,6 +341,8 @@ __device__ __forceinline__ void visit_vec16(const unsigned wv[4], const unsigned
                offset is d's low 16 bits and the high one d >> 16 (three instructions per two bins). */
             const unsigned d = window_offsets(aw[j >> 1]);
             const unsigned off = (j & 1) ? (d >> 16) : (d & 0xffffu);
+            /* a.shb: see its initialisation; ptxas still makes this add of 1 an ATOMS.POPC.INC (as
+               hist_inc's default), and the MAXACT_HIST_INC variant does not reach this path */
             asm volatile("red.shared.add.u32 [%0], 1;" :: "r"(a.shb + off) : "memory");
         } else {
             const float v = unpack<D>(wv[j >> 1], j & 1);
