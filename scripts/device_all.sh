@@ -13,3 +13,5 @@ python3 tests/scan/gpu_scan_checks.py 2>&1 | tee "$OUT/scan_gpu.log" | tail -5
 python3 -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tee "$OUT/gpu_tests.log" | tail -3
 python3 -m pytest -q -p no:cacheprovider benchmarks/ --benchmark-only -s 2>&1 | tee "$OUT/bench.log" | grep -E "tok/s|x bare|of copy|passed|failed"
 python3 scripts/profile_scan.py "$OUT" 2>&1 | tee "$OUT/profile.log" | grep -E "==|^  [a-z_]"
+python3 -W ignore scripts/profile_update.py 2>&1 | tee "$OUT/profile_update.log"
+python3 -W ignore scripts/gpu_read_ceiling.py "$OUT" 2>&1 | tee "$OUT/read_ceiling.log" | grep -E "copy|check"
