@@ -257,6 +257,74 @@ def _tokens_kernel(
 
 
 @triton.jit
+def _tokens_rows_kernel(
+    row_absmax_ptr, row_argmax_ptr, row_med_ptr, sid_ptr, pos_ptr, params_ptr,
+    tok_counts_ptr, ratio_sums_ptr, part_f_ptr, part_i_ptr,
+    n_rows,
+    HAS_SIDS: tl.constexpr, HAS_POS: tl.constexpr, CANDIDATES: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """The criterion, counts and records from per-row max, argmax and median computed elsewhere (the fused
+    CUDA pass and ``cuda_median``): ``row_absmax`` -1 = masked or no non-NaN value, ``row_med`` -1 = no
+    median taken (candidates). Same results as ``_tokens_kernel``, reading a few bytes per row."""
+    pid = tl.program_id(0)
+    n_prog = tl.num_programs(0)
+    t_val = tl.load(params_ptr)
+    t_ratio = tl.load(params_ptr + 1)
+    n_tok = tl.full([BLOCK], 0, dtype=tl.int32)
+    n_pass = tl.full([BLOCK], 0, dtype=tl.int32)
+    r_sum = tl.full([BLOCK], 0, dtype=tl.float64)
+    r_sq = tl.full([BLOCK], 0, dtype=tl.float64)
+    k0 = tl.full([BLOCK], -1.0, dtype=tl.float64)
+    s0 = tl.full([BLOCK], _I64_MAX, dtype=tl.int64)
+    p0 = s0
+    r0 = s0
+    x0 = tl.full([BLOCK], -1.0, dtype=tl.float32)
+    m0 = x0
+    a0 = tl.full([BLOCK], -1, dtype=tl.int32)
+    k1, s1, p1, r1, x1, m1, a1 = k0, s0, p0, r0, x0, m0, a0
+    for rb in range(pid, ceil_div(n_rows, BLOCK), n_prog):
+        rows = rb * BLOCK + tl.arange(0, BLOCK)
+        row_in = rows < n_rows
+        tmax = tl.load(row_absmax_ptr + rows, mask=row_in, other=-1.0)
+        tmed = tl.load(row_med_ptr + rows, mask=row_in, other=-1.0)
+        arg = tl.load(row_argmax_ptr + rows, mask=row_in, other=-1)
+        n_tok += (tmax >= 0).to(tl.int32)
+        valid = (tmax >= 0) & (tmed >= 0)
+        tmax64 = tmax.to(tl.float64)
+        tmed64 = tmed.to(tl.float64)
+        both_inf = (tmax == float("inf")) & (tmed == float("inf"))  # inf / inf: ratio 1 by definition
+        ratio = tl.where(both_inf, 1.0, tmax64) / tl.where(both_inf, 1.0, tl.maximum(tmed64, _TINY))
+        n_pass += (valid & (tmax64 > t_val) & (tmax64 > t_ratio * tmed64)).to(tl.int32)
+        if not CANDIDATES:
+            r_sum += tl.where(valid, ratio, 0.0)
+            r_sq += tl.where(valid, ratio * ratio, 0.0)
+        if HAS_SIDS:
+            sid = tl.load(sid_ptr + rows, mask=row_in, other=-1)
+        else:
+            sid = tl.full([BLOCK], -1, dtype=tl.int64)
+        if HAS_POS:
+            pos = tl.load(pos_ptr + rows, mask=row_in, other=0)
+        else:
+            pos = rows.to(tl.int64)
+        if CANDIDATES:
+            ratio_scope = valid & (tmax64 > t_val)  # not the peak rows: keeps merges exact
+        else:
+            ratio_scope = valid
+        rows64 = rows.to(tl.int64)
+        k0, s0, p0, r0, x0, m0, a0 = _lane_best(ratio, ratio_scope, sid, pos, rows64, tmax, tmed, arg,
+                                                k0, s0, p0, r0, x0, m0, a0)
+        k1, s1, p1, r1, x1, m1, a1 = _lane_best(tmax64, valid, sid, pos, rows64, tmax, tmed, arg,
+                                                k1, s1, p1, r1, x1, m1, a1)
+    tl.atomic_add(tok_counts_ptr + 0, reduce_sum(n_tok, 0).to(tl.int64))
+    tl.atomic_add(tok_counts_ptr + 1, reduce_sum(n_pass, 0).to(tl.int64))
+    if not CANDIDATES:
+        tl.atomic_add(ratio_sums_ptr + 0, reduce_sum(r_sum, 0))
+        tl.atomic_add(ratio_sums_ptr + 1, reduce_sum(r_sq, 0))
+    _store_best(part_f_ptr + pid * 6, part_i_ptr + pid * 8, k0, s0, p0, r0, x0, m0, a0)
+    _store_best(part_f_ptr + pid * 6 + 3, part_i_ptr + pid * 8 + 4, k1, s1, p1, r1, x1, m1, a1)
+
+
+@triton.jit
 def _token_records_kernel(part_f_ptr, part_i_ptr, rec_f_ptr, rec_i_ptr, n_parts, BLOCK_P: tl.constexpr):
     """One program: fold the per-program partial records into the state's two records (ties keep the
     state's record, which came from an earlier update)."""
@@ -344,4 +412,43 @@ def tokens_update(
         part_f, part_i, state.tok_rec_f, state.tok_rec_i, programs,
         BLOCK_P=max(16, triton.next_power_of_2(programs)),
         num_warps=1 if x2d.device.type != "cuda" else 4,
+    )
+
+
+ROWS_BLOCK = 256        # rows per program and step of the per-row epilogue (one warp: no barriers)
+CPU_ROWS_BLOCK = 16
+
+
+def tokens_from_rows(
+    row_absmax: torch.Tensor,
+    row_argmax: torch.Tensor,
+    row_median: torch.Tensor,
+    sample_ids: torch.Tensor | None,
+    positions: torch.Tensor | None,
+    state,
+) -> None:
+    """The token statistics of one update from per-row max |x| (float32, -1 = no token), its first channel
+    (int32) and the lower median |x| (float32, -1 = not computed: only candidates need one)."""
+    n_rows = row_absmax.numel()
+    cfg = state.config
+    candidates = cfg.token_median == "candidates"
+    block = ROWS_BLOCK if row_absmax.is_cuda else CPU_ROWS_BLOCK
+    programs = max(1, min(triton.cdiv(n_rows, block), 2 * _num_sms(row_absmax.device.index)
+                          if row_absmax.is_cuda else CPU_PROGRAMS))
+    part_f = state.scratch("tok_part_f", programs * PARTS_PER_PROGRAM_F, torch.float64)
+    part_i = state.scratch("tok_part_i", programs * PARTS_PER_PROGRAM_I, torch.int64)
+    dummy = state.tok_counts
+    _tokens_rows_kernel[(programs,)](
+        row_absmax, row_argmax, row_median,
+        sample_ids if sample_ids is not None else dummy,
+        positions if positions is not None else dummy,
+        state.sun_params, state.tok_counts, state.ratio_sums, part_f, part_i,
+        n_rows,
+        HAS_SIDS=sample_ids is not None, HAS_POS=positions is not None, CANDIDATES=candidates, BLOCK=block,
+        num_warps=1,
+    )
+    _token_records_kernel[(1,)](
+        part_f, part_i, state.tok_rec_f, state.tok_rec_i, programs,
+        BLOCK_P=max(16, triton.next_power_of_2(programs)),
+        num_warps=1 if not row_absmax.is_cuda or programs <= 256 else 4,
     )

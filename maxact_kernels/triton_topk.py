@@ -32,8 +32,10 @@ from .triton_bits import INTERPRETED, load_f32_bits, reduce_max, reduce_min, red
 _I64_MAX = tl.constexpr(INT64_MAX)
 CPU_BLOCK_C = 64
 CPU_ROW_BLOCK = 64
-GPU_BLOCK_C = 4096
-GPU_ROW_BLOCK = 4096
+# One warp per program: each of the K fold steps is a few reductions, which inside one warp need no
+# shared memory or barrier; more, smaller programs instead (scripts/profile_update.py: 29 -> see PERF_NOTES).
+GPU_BLOCK_C = 1024
+GPU_ROW_BLOCK = 1024
 CAND_BLOCK = 4096  # partial candidates folded per step
 
 
@@ -202,7 +204,7 @@ def _topk_compact_kernel(abs_ptr, val_ptr, idx_ptr, n, K, BLOCK: tl.constexpr, K
 
 
 def _warps(device: torch.device, n: int) -> int:
-    return 1 if device.type != "cuda" else (4 if n <= 1024 else 8)
+    return 1 if device.type != "cuda" or n <= 1024 else (4 if n <= 4096 else 8)
 
 
 def topk_update(

@@ -3,9 +3,10 @@
 On a CUDA device with ``cuda-core`` installed, ``cuda_hist.fused_stats`` (CUDA C++, shared-memory
 histogram) reads x once for the histogram, counts, sums, min/max and, when needed, the row maxima,
 row keys, per-sample maxima and per-channel maxima (the Triton rows kernel takes the channel maxima
-only of tensors too wide for its shared memory: see ``cuda_hist.channels_fit``). Without
+only of tensors too wide for its shared memory: see ``cuda_hist.channels_fit``); for bf16/fp16 rows
+``cuda_median`` then takes each token's median |x| and a small Triton kernel the criterion and records. Without
 ``cuda-core`` (one warning) and on the CPU (Triton interpreter), the Triton rows kernel does all of it,
-its histogram by global atomics. Token statistics and top-k are Triton in both cases.
+its histogram by global atomics, and the Triton token kernel finds the medians. Top-k is Triton in both cases.
 
 Imported lazily by :mod:`maxact_kernels._backend` (the interpreter is chosen at import time).
 """
@@ -61,6 +62,16 @@ def _warn_slow_hist_once() -> None:
     )
 
 
+def _cuda_median_supports(x2d: torch.Tensor) -> bool:
+    """Whether ``cuda_median`` takes the per-token medians of ``x2d`` (bf16/fp16, aligned, not too wide)."""
+    try:
+        from . import cuda_median
+    except Exception as exc:
+        log.debug("maxact_kernels.cuda_median unavailable: %s", exc)
+        return False
+    return cuda_median.supports(x2d)
+
+
 def use_cuda_hist(device: torch.device) -> bool:
     """Whether updates on ``device`` use the CUDA C++ fused histogram (warns once when it cannot)."""
     if device.type != "cuda" or INTERPRETED:
@@ -87,7 +98,9 @@ def update(
     dev = x2d.device
     fast = use_cuda_hist(dev)
     candidates = cfg.track_tokens and cfg.token_median == "candidates"
-    need_rows = bool(cfg.topk) or candidates  # row_absmax / row_argmax / rowkey
+    # per-token medians by the CUDA kernel (rows in registers) from the fused pass's row maxima
+    median_cuda = fast and cfg.track_tokens and _cuda_median_supports(x2d)
+    need_rows = bool(cfg.topk) or candidates or median_cuda  # row_absmax / row_argmax / rowkey
     need_row_max = need_rows or bool(cfg.num_samples)
     row_absmax = row_argmax = rowkey = None
     if need_row_max:
@@ -128,7 +141,15 @@ def update(
                     rowkey=rowkey if need_rows else None,
                     sample_ids=sample_ids,
                 )
-        if cfg.track_tokens:
+        if median_cuda:
+            from . import cuda_median
+
+            row_median = state.scratch("row_median", n_rows, torch.float32)
+            umax = torch.amax(row_absmax) if candidates else None  # 0-d device tensor: no sync
+            cuda_median.row_median(x2d, row_absmax, row_median, umax=umax,
+                                   params=state.sun_params if candidates else None)
+            triton_tokens.tokens_from_rows(row_absmax, row_argmax, row_median, sample_ids, positions, state)
+        elif cfg.track_tokens:
             triton_tokens.tokens_update(x2d, mask_u8, sample_ids, positions, state,
                                         row_absmax if candidates else None)
         if cfg.topk:

@@ -75,7 +75,7 @@ def check_exact(shape, dtype, masked, token_median, fast_hist: bool) -> list[str
         triton_update.use_cuda_hist = lambda device: False
     try:
         # two updates (second a slice: row stride > width) exercise accumulation and strides
-        for part in (x, x[..., : max(1, shape[-1] - 3)]):
+        for part in (x, x[..., : max(1, shape[-1] - (8 if shape[-1] % 16 == 0 else 3))]):
             c = part.shape[-1]
             if c != shape[-1]:
                 tri = ActivationStats(c, device="cuda", backend="triton", **kw)
@@ -91,6 +91,62 @@ def check_exact(shape, dtype, masked, token_median, fast_hist: bool) -> list[str
     finally:
         triton_update.use_cuda_hist = saved
     return []
+
+
+def median_rows(rows: int, width: int, dtype, gen) -> torch.Tensor:
+    """Rows for the median kernel: spread values plus rows of all NaN, all +-inf, inf and NaN among finite
+    values, zeros and -0.0, subnormals, ties, and a single non-NaN value."""
+    x = make((rows, width), torch.float32, gen)
+    tiny = float(torch.finfo(dtype).tiny)
+    specials = [
+        torch.full((width,), float("nan")),
+        torch.full((width,), float("inf")) * torch.where(torch.arange(width) % 2 == 0, 1.0, -1.0),
+        torch.where(torch.arange(width) % 3 == 0, float("inf"), 1.5),
+        torch.where(torch.arange(width) % 2 == 0, float("nan"), -2.0),
+        torch.where(torch.arange(width) % 2 == 0, 0.0, -0.0),
+        tiny * torch.arange(width) / (width + 1),  # subnormals and zero
+        torch.where(torch.arange(width) % 4 == 0, 3.0, -3.0),
+        torch.where(torch.arange(width) == width - 1, 7.0, float("nan")),
+    ]
+    for i, row in enumerate(specials[: rows]):
+        x[i] = row.to(x.device)
+    return x.to(dtype)
+
+
+def check_median(dtype, width: int, max_vec: int, swar: int) -> list[str]:
+    """``cuda_median.row_median`` against torch.nanmedian, all rows and candidates, with masked rows."""
+    from maxact_kernels import cuda_median
+
+    saved = cuda_median._MAX_VEC, cuda_median._SWAR
+    cuda_median._MAX_VEC, cuda_median._SWAR = max_vec, swar
+    try:
+        gen = torch.Generator(device="cuda").manual_seed(width * 7 + max_vec + swar)
+        rows = 37
+        full = median_rows(rows, width + 8, dtype, gen)
+        x = full[:, :width]  # row stride > width
+        a = x.float().abs()
+        has = ~torch.isnan(a).all(dim=1)
+        has[-3:] = False  # "masked" rows
+        amax = torch.where(has, torch.nan_to_num(a, nan=-1.0).amax(dim=1), -1.0)
+        want = torch.where(has, torch.nanmedian(a, dim=1).values, -1.0)
+        errs = []
+        out = torch.full((rows,), -5.0, device="cuda")
+        cuda_median.row_median(x, amax, out)
+        if not torch.equal(out, want):
+            bad = (out != want).nonzero().flatten().tolist()[:5]
+            errs.append(f"all: rows {bad}: {out[bad].tolist()} vs {want[bad].tolist()}")
+        params = torch.tensor([2.0, 0.0], dtype=torch.float64, device="cuda")
+        umax = torch.amax(amax)
+        need = has & ((amax.double() > 2.0) | (amax == umax))
+        out.fill_(-5.0)
+        cuda_median.row_median(x, amax, out, umax=umax, params=params)
+        want_c = torch.where(need, want, -1.0)
+        if not torch.equal(out, want_c):
+            bad = (out != want_c).nonzero().flatten().tolist()[:5]
+            errs.append(f"candidates: rows {bad}: {out[bad].tolist()} vs {want_c[bad].tolist()}")
+        return errs
+    finally:
+        cuda_median._MAX_VEC, cuda_median._SWAR = saved
 
 
 def check_no_sync(token_median: str) -> list[str]:
@@ -119,13 +175,20 @@ def main() -> int:
     checks = {}
     fast = triton_update.use_cuda_hist(torch.device("cuda"))
     quick = "--quick" in sys.argv  # fewer combinations (bf16 gets them all)
-    for shape in [(1, 1), (5, 123), (3, 4, 37), (1823, 781), (64, 12288), (300, 4096)]:
+    for shape in [(1, 1), (5, 123), (3, 4, 37), (1823, 781), (64, 12288), (300, 4096), (517, 1536), (9, 24)]:
         for dtype in (torch.bfloat16, torch.float16, torch.float32):
             full = not quick or dtype == torch.bfloat16
             for fast_hist in ((True, False) if fast and full else (fast,)):
                 for masked, tm in ((False, "all"), (True, "candidates")) if full else ((True, "all"),):
                     name = f"exact {shape} {str(dtype)[6:]} mask={masked} {tm} cuda_hist={fast_hist}"
                     checks[name] = lambda s=shape, d=dtype, m=masked, t=tm, f=fast_hist: check_exact(s, d, m, t, f)
+    for dtype in (torch.bfloat16, torch.float16):
+        for width in (8, 16, 24, 640, 1536, 4096, 4104, 8192, 12288, 32768):
+            for max_vec, swar in ((16, 0), (16, 1), (2, 0)):
+                if max_vec == 2 and width > 4096:
+                    continue  # more than 8 warps per row: not taken
+                name = f"median {str(dtype)[6:]} width={width} max_vec={max_vec} swar={swar}"
+                checks[name] = lambda d=dtype, w=width, m=max_vec, s=swar: check_median(d, w, m, s)
     for tm in ("all", "candidates"):
         checks[f"no host sync {tm}"] = lambda t=tm: check_no_sync(t)
     wanted = [a for a in sys.argv[1:] if not a.startswith("--")]

@@ -14,7 +14,7 @@ import pytest
 
 nvrtc = pytest.importorskip("cuda.bindings.nvrtc", reason="cuda-bindings is not installed (extra 'test')")
 
-from maxact_kernels import cuda_hist  # noqa: E402
+from maxact_kernels import cuda_hist, cuda_median  # noqa: E402
 
 VARIANTS = [v + (False,) for v in itertools.product(range(3), (True, False), (True, False), (True, False))]
 VARIANTS += [(dt, True, False, False, True) for dt in range(3)]   # the flat basic update
@@ -28,8 +28,8 @@ def _nvrtc_ok():
     return None if err == nvrtc.nvrtcResult.NVRTC_SUCCESS else str(err)
 
 
-def _compile(arch: str, names: list[str]) -> tuple[bool, str, bytes]:
-    src = cuda_hist._source().encode()
+def _compile(arch: str, names: list[str], source: str | None = None) -> tuple[bool, str, bytes]:
+    src = (source if source is not None else cuda_hist._source()).encode()
     err, prog = nvrtc.nvrtcCreateProgram(src, b"maxact_fused_stats.cu", 0, [], [])
     assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS, err
     try:
@@ -67,6 +67,32 @@ def test_every_variant_compiles(nvrtc_ready, arch):
     # one entry point per instantiation, each with the dynamic shared memory it needs declared extern
     assert ptx.count(b".entry") == len(VARIANTS)
     assert b".extern .shared" in ptx
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("swar", [0, 1])
+def test_median_kernel_compiles(nvrtc_ready, arch, swar, monkeypatch):
+    """Every per-token median instantiation ``cuda_median.layout`` can pick, both count methods."""
+    monkeypatch.setattr(cuda_median, "_SWAR", swar)
+    layouts = sorted({cuda_median.layout(c) for c in range(8, 32769, 8)})
+    names = [cuda_median.kernel_name(dt, nv, w, cand) for dt in (0, 1) for nv, w in layouts for cand in (False, True)]
+    ok, log, ptx = _compile(arch, names, cuda_median._source())
+    assert ok, log
+    assert ptx.count(b".entry") == len(names)
+    # sm_90 counts with packed compares unless told otherwise; older GPUs always use integer halves
+    packed_compare = b"set.le.u32.bf16x2" in ptx
+    assert packed_compare == (arch == "sm_90" and not swar)
+
+
+def test_median_layout():
+    assert cuda_median.layout(4096) == (16, 1)
+    assert cuda_median.layout(640) == (4, 1)
+    assert cuda_median.layout(12288) == (16, 4)
+    assert cuda_median.layout(32768) == (16, 8)
+    assert cuda_median.layout(32776) is None
+    for c in range(8, 32769, 8):
+        nv, w = cuda_median.layout(c)
+        assert nv * 32 * w * 8 >= c  # the row fits its lanes' registers
 
 
 def test_channel_fit_limits():

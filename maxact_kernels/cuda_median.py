@@ -1,0 +1,282 @@
+"""Exact lower median of |x| per row (token) for bf16/fp16, in CUDA C++ compiled at run time.
+
+Why not the Triton token kernel: its bisection counts three thresholds per step in int64 fields, about
+a hundred instructions per element over a row, so every token's median cost 8x the fused statistics
+pass (docs/PERF_NOTES.md). Here a row stays in registers (16-bit |x| keys, two per word) and each of
+the 15 bisection steps costs, per word of two keys:
+
+* sm_90 (and fp16 anywhere): one packed compare ``set.le.u32.bf16x2`` / ``.f16x2`` (0xffff or 0 per half)
+  and half an integer add: the masks are summed as plain 32-bit words and the two halves' counts
+  recovered from the sum (see ``count_le``). The compare and the add run on different pipes.
+* bf16 before sm_90 (``MAXACT_MEDIAN_SWAR=1`` forces it): four integer instructions, per half
+  ``0x8000 + t - k``, whose top bit says ``k <= t``.
+
+Keys are the input's own |x| bits (15 of them); NaN keys lie above inf and are never counted, because
+every trial key is clamped to inf. The median is the smallest key whose count exceeds
+``kth = (n - 1) // 2`` with n the row's non-NaN count: an element's exact value, as ``torch.median``.
+
+Layout: W warps per row (W = 1 up to 4096 channels, more for wider rows, up to 32768), each lane
+holding up to 16 16-byte vectors; W > 1 sums each step's count through shared memory and a named
+barrier of the row's warps. A persistent grid: each row's warps prefetch their next row into L2 before
+working on this one. It reads the rows that need a median once and writes one float per row.
+Rows that need one: ``row_absmax >= 0`` (the fused pass writes -1 for masked rows and rows without a
+non-NaN value) and, for candidate medians, ``row_absmax > t_val`` or ``== umax`` (this update's largest
+row max); other rows get -1.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+import numpy as np
+import torch
+
+from . import cuda_hist
+
+logger = logging.getLogger(__name__)
+
+_SWAR = int(os.environ.get("MAXACT_MEDIAN_SWAR", 0))
+# most 16-byte vectors a lane holds (registers); wider rows take more warps
+_MAX_VEC = int(os.environ.get("MAXACT_MEDIAN_MAX_VEC", 16))
+_BLOCK = 256
+_MAX_WARPS_PER_ROW = 8
+_DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
+
+_SOURCE = r"""
+#ifndef MAXACT_MEDIAN_SWAR
+#define MAXACT_MEDIAN_SWAR 0
+#endif
+
+typedef long long i64;
+
+template <int DT> struct KeyInf;   /* |x| bits of +inf in the input's width; NaN keys are above */
+template <> struct KeyInf<0> { static constexpr unsigned V = 0x7f80u; };
+template <> struct KeyInf<1> { static constexpr unsigned V = 0x7c00u; };
+
+__device__ __forceinline__ uint4 load_nc(const uint4* p) {
+    uint4 q;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(q.x), "=r"(q.y), "=r"(q.z), "=r"(q.w) : "l"(p));
+    return q;
+}
+
+/* Per half of k: 0xffff if k <= t2's half else 0 (t2 never NaN): HSET2 with an integer result. */
+template <int DT> __device__ __forceinline__ unsigned le_mask(unsigned k, unsigned t2);
+#if __CUDA_ARCH__ >= 900
+template <> __device__ __forceinline__ unsigned le_mask<0>(unsigned k, unsigned t2) {
+    unsigned d; asm("set.le.u32.bf16x2 %0, %1, %2;" : "=r"(d) : "r"(k), "r"(t2)); return d; }
+#endif
+template <> __device__ __forceinline__ unsigned le_mask<1>(unsigned k, unsigned t2) {
+    unsigned d; asm("set.le.u32.f16x2 %0, %1, %2;" : "=r"(d) : "r"(k), "r"(t2)); return d; }
+template <int DT> __device__ __forceinline__ float half_value(unsigned h);
+template <> __device__ __forceinline__ float half_value<0>(unsigned h) { return __uint_as_float(h << 16); }
+template <> __device__ __forceinline__ float half_value<1>(unsigned h) {
+    float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"((unsigned short)h)); return f; }
+
+/* How many of this lane's keys (two per word) are <= t, for t <= inf.
+   Packed compares: the words' 0xffff / 0 masks are summed as plain 32-bit integers, two per IADD3. With H
+   high and L low halves set, the sum is S = H * 0xffff0000 + L * 0xffff = (L - H) * 2^16 - L (mod 2^32),
+   so L = -S mod 2^16 and L - H = (S + L) >> 16 as a signed 16-bit number (L, H <= 64 here). One compare
+   and half an add per word, on two different pipes.
+   Integer halves (bf16 before sm_90, or MAXACT_MEDIAN_SWAR): per half 0x8000 + t - k lies in [1, 0xffff]
+   (k, t <= 0x7fff), so no borrow crosses halves and its top bit is set iff k <= t. */
+template <int DT, int NW>
+__device__ __forceinline__ unsigned count_le(const unsigned (&k)[NW], unsigned t) {
+#if MAXACT_MEDIAN_SWAR || __CUDA_ARCH__ < 900
+    constexpr bool SWAR = MAXACT_MEDIAN_SWAR || DT == 0;   /* set.*.bf16x2 needs sm_90 */
+#else
+    constexpr bool SWAR = false;
+#endif
+    unsigned acc[2] = {0u, 0u};
+    if constexpr (SWAR) {
+        const unsigned t2 = (0x8000u + t) * 0x10001u;
+        #pragma unroll
+        for (int i = 0; i < NW; ++i) acc[i & 1] += ((t2 - k[i]) >> 15) & 0x10001u;
+        const unsigned s = acc[0] + acc[1];
+        return (s & 0xffffu) + (s >> 16);
+    } else {
+        const unsigned t2 = t * 0x10001u;
+        #pragma unroll
+        for (int i = 0; i < NW; i += 2) acc[(i >> 1) & 1] += le_mask<DT>(k[i], t2) + le_mask<DT>(k[i + 1], t2);
+        const unsigned s = acc[0] + acc[1];
+        const unsigned lo = (0u - s) & 0xffffu;
+        const int diff = (short)((s + lo) >> 16);   /* L - H */
+        return 2u * lo - (unsigned)diff;
+    }
+}
+
+template <int DT, int NV, int W, bool CAND>
+__global__ void __launch_bounds__(256) maxact_row_median(
+    const char* __restrict__ x, i64 n_rows, i64 n_cols, i64 row_stride_bytes,
+    const float* __restrict__ row_absmax,   /* [n_rows], -1: masked or no non-NaN value */
+    const float* __restrict__ umax,         /* CAND: this update's largest row max */
+    const double* __restrict__ params,      /* CAND: params[0] = t_val */
+    float* __restrict__ row_median)         /* [n_rows] out, -1 where not computed */
+{
+    constexpr int NW = NV * 4;
+    constexpr unsigned INF = KeyInf<DT>::V;
+    __shared__ unsigned part[2][8];         /* per warp counts, alternating steps (W > 1) */
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int grp = warp / W, wg = warp % W;
+    /* a row needs a median: it has a token (and, for candidates, may pass or holds this update's peak) */
+    auto needs = [&](i64 r) -> bool {
+        const float rm = row_absmax[r];
+        return rm >= 0.f && (!CAND || (double)rm > params[0] || rm == *umax);
+    };
+    auto total = [&](unsigned c, int step) -> unsigned {   /* over the row's W warps */
+        c = __reduce_add_sync(0xffffffffu, c);
+        if (W == 1) return c;
+        if (lane == 0) part[step & 1][warp] = c;
+        asm volatile("bar.sync %0, %1;" :: "r"(grp + 1), "r"(W * 32) : "memory");
+        unsigned s = 0u;
+        #pragma unroll
+        for (int i = 0; i < W; ++i) s += part[step & 1][grp * W + i];
+        return s;   /* a warp rewrites this parity two steps later, after every warp passed the next barrier */
+    };
+    const int nvec = (int)(n_cols >> 3);
+    const i64 stride = (i64)gridDim.x * (8 / W);
+    /* Persistent: each group of W warps walks rows blockIdx.x * (8 / W) + grp, + stride, ... and asks L2 for
+       its next row before working on this one, so the reads overlap the compute (without it every warp
+       loaded, then computed, in lockstep waves). The warps of a row decide alike, so a row's named
+       barrier only sees warps that stay. */
+    for (i64 row = (i64)blockIdx.x * (8 / W) + grp; row < n_rows; row += stride) {
+        if (!needs(row)) {
+            if (wg == 0 && lane == 0) row_median[row] = -1.f;
+            continue;
+        }
+        const i64 nxt = row + stride;
+        if (wg == 0 && nxt < n_rows && needs(nxt)) {
+            const char* np = x + nxt * row_stride_bytes;
+#if __CUDA_ARCH__ >= 900
+            if (lane == 0)
+                asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(np), "r"((unsigned)(nvec * 16)) : "memory");
+#else
+            for (int v = lane; v < nvec; v += 32) asm volatile("prefetch.global.L2 [%0];" :: "l"(np + 16 * v));
+#endif
+        }
+        const uint4* rp = (const uint4*)(x + row * row_stride_bytes);
+        unsigned k[NW];
+        #pragma unroll
+        for (int u = 0; u < NV; ++u) {
+            const int v = u * (32 * W) + wg * 32 + lane;
+            uint4 q = make_uint4(0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu);   /* NaN keys */
+            if (v < nvec) q = load_nc(rp + v);
+            k[4 * u + 0] = q.x & 0x7fff7fffu; k[4 * u + 1] = q.y & 0x7fff7fffu;
+            k[4 * u + 2] = q.z & 0x7fff7fffu; k[4 * u + 3] = q.w & 0x7fff7fffu;
+        }
+        const unsigned n = total(count_le<DT, NW>(k, INF), 0);   /* >= 1: the row has a non-NaN value */
+        const unsigned kth = (n - 1u) >> 1;
+        unsigned prefix = 0u;
+        #pragma unroll 1
+        for (int b = 14; b >= 0; --b) {   /* smallest key with more than kth keys <= it, top bit first */
+            const unsigned t = min(prefix | ((1u << b) - 1u), INF);
+            if (total(count_le<DT, NW>(k, t), b + 1) <= kth) prefix |= 1u << b;
+        }
+        if (wg == 0 && lane == 0) row_median[row] = half_value<DT>(prefix);
+    }
+}
+"""
+
+
+def _source(swar: int | None = None) -> str:
+    return f"#define MAXACT_MEDIAN_SWAR {_SWAR if swar is None else swar}\n" + _SOURCE
+
+
+def kernel_name(dtype_code: int, nvec: int, warps: int, candidates: bool) -> str:
+    return f"maxact_row_median<{dtype_code}, {nvec}, {warps}, {'true' if candidates else 'false'}>"
+
+
+def layout(n_cols: int) -> tuple[int, int] | None:
+    """(16-byte vectors per lane, warps per row) for a row of ``n_cols`` 16-bit values, or None if too wide."""
+    nvec = -(-n_cols // 8)
+    warps = 1
+    while 32 * warps * _MAX_VEC < nvec:
+        warps *= 2
+        if warps > _MAX_WARPS_PER_ROW:
+            return None
+    per_lane = -(-nvec // (32 * warps))
+    nv = 1
+    while nv < per_lane:
+        nv *= 2
+    return nv, warps
+
+
+def supports(x2d: torch.Tensor) -> bool:
+    """Whether :func:`row_median` takes ``x2d``: bf16/fp16 rows of whole 16-byte vectors, aligned."""
+    return (
+        x2d.is_cuda
+        and x2d.dtype in _DTYPE_CODE
+        and x2d.dim() == 2
+        and x2d.stride(1) == 1
+        and x2d.shape[1] % 8 == 0
+        and x2d.stride(0) % 8 == 0
+        and x2d.data_ptr() % 16 == 0
+        and layout(x2d.shape[1]) is not None
+        and cuda_hist.available(x2d.device)
+    )
+
+
+def _kernel(device_index: int, dtype_code: int, nv: int, warps: int, candidates: bool):
+    return _compiled(device_index, dtype_code, nv, warps, candidates, _SWAR)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(device_index: int, dtype_code: int, nv: int, warps: int, candidates: bool, swar: int):
+    cc = cuda_hist._cuda_core()
+    cc.Device(device_index).set_current()
+    major, minor = torch.cuda.get_device_capability(device_index)
+    name = kernel_name(dtype_code, nv, warps, candidates)
+    kernel = cuda_hist._compile(cc, _source(swar), f"sm_{major}{minor}", name).get_kernel(name)
+    attrs = kernel.attributes
+    logger.info("compiled %s for sm_%d%d: %d registers, %d bytes local memory",
+                name, major, minor, attrs.num_regs, attrs.local_size_bytes)
+    return kernel
+
+
+def _blocks_per_sm(kernel) -> int:
+    """Resident blocks per SM (registers allocated per warp in units of 256; 64 Ki registers, 2048 threads)."""
+    regs = max(1, kernel.attributes.num_regs)
+    per_warp = -(-regs * 32 // 256) * 256
+    return max(1, min(65536 // (per_warp * (_BLOCK // 32)), 2048 // _BLOCK))
+
+
+def row_median(
+    x2d: torch.Tensor,
+    row_absmax: torch.Tensor,
+    out: torch.Tensor,
+    *,
+    umax: torch.Tensor | None = None,
+    params: torch.Tensor | None = None,
+) -> None:
+    """Write each row's lower median |x| (float32) into ``out``, -1 where no median is needed.
+
+    ``row_absmax`` (float32[R]) is the fused pass's row max (-1: masked or no non-NaN value). With
+    ``umax`` (0-d float32, the largest row max) and ``params`` (float64, ``params[0]`` the criterion's
+    absolute threshold), only candidate rows (row max > threshold or == umax) get a median. No host sync.
+    """
+    if not supports(x2d):
+        raise ValueError(f"row_median takes aligned bf16/fp16 rows of a multiple of 8 channels up to "
+                         f"{8 * 32 * _MAX_VEC * _MAX_WARPS_PER_ROW}, got {x2d.dtype}{tuple(x2d.shape)}")
+    n_rows, n_cols = x2d.shape
+    if n_rows == 0:
+        return
+    if (umax is None) != (params is None):
+        raise ValueError("umax and params go together (candidate medians)")
+    nv, warps = layout(n_cols)
+    dev_index = x2d.device.index if x2d.device.index is not None else torch.cuda.current_device()
+    candidates = umax is not None
+    kernel = _kernel(dev_index, _DTYPE_CODE[x2d.dtype], nv, warps, candidates)
+    rows_per_block = (_BLOCK // 32) // warps
+    grid = min(-(-n_rows // rows_per_block), cuda_hist._num_sms(dev_index) * _blocks_per_sm(kernel))
+    cc = cuda_hist._cuda_core()
+    stream = cuda_hist._stream(torch.cuda.current_stream(x2d.device).cuda_stream)
+    config = cc.LaunchConfig(grid=grid, block=_BLOCK)
+    p = np.uintp
+    cc.launch(
+        stream, config, kernel,
+        p(x2d.data_ptr()), np.int64(n_rows), np.int64(n_cols), np.int64(x2d.stride(0) * x2d.element_size()),
+        p(row_absmax.data_ptr()), p(umax.data_ptr() if candidates else 0),
+        p(params.data_ptr() if candidates else 0), p(out.data_ptr()),
+    )
