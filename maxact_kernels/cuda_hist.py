@@ -488,10 +488,10 @@ __device__ __forceinline__ void mma_fold(Acc& a, const uint4 (&q)[UNROLL]) {
 }
 
 /* End of a row: warp arg-max (larger value wins, the smaller channel breaks ties), then lane 0 writes the
-   row outputs and the per-sample peak. */
+   row outputs and the per-sample peak (sid: the row's sample id, loaded by the caller ahead of time). */
 __device__ __forceinline__ void finish_row(i64 row, int lane, float rmax, int rarg,
                                            float* row_absmax, int* row_argmax, i64* rowkey,
-                                           const i64* sample_ids, float* sample_max, i64 n_samples,
+                                           i64 sid, float* sample_max, i64 n_samples,
                                            i64* sample_oor) {
     #pragma unroll
     for (int off = 16; off > 0; off >>= 1) {
@@ -506,7 +506,6 @@ __device__ __forceinline__ void finish_row(i64 row, int lane, float rmax, int ra
             ? (((i64)__float_as_int(rmax)) << 32) | (i64)(0xffffffffu - (unsigned)row)
             : (i64)-1;
         if (sample_max != nullptr && rmax >= 0.f) {
-            i64 sid = sample_ids != nullptr ? sample_ids[row] : (i64)-1;
             if (sid >= 0 && sid < n_samples) atomicMax((int*)(sample_max + sid), __float_as_int(rmax));
             else atomicAdd((u64*)sample_oor, 1ull);
         }
@@ -659,10 +658,17 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
         const uint4* rowp = nullptr;
         const uint4* lp = nullptr;
         int lrem = 0;
+        /* Loaded when a row starts and used when it ends, so that no row boundary waits on a dependent
+           global load: the next row's mask byte (a masked row then takes next_valid's walk) and this
+           row's sample id. */
+        unsigned mnext = 1u;
+        i64 sid_cur = -1, sid_next = -1;
         auto start_row = [&](i64 r) {
             rowp = (const uint4*)(x + phys(r) * row_stride_bytes) + lane;
             lp = rowp + first * CHUNK;
             lrem = nvec - lane - first * CHUNK;
+            if (mask != nullptr && r + step < n_rows) mnext = mask[phys(r + step)];
+            if (ROWS && sample_ids != nullptr) sid_next = sample_ids[phys(r)];
         };
         auto load = [&](uint4 (&q)[UNROLL]) {
             #pragma unroll
@@ -682,7 +688,9 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
             if (++c == cpr) {
                 c = 0;
                 pc = first;
-                row = next_valid(row + step);
+                sid_cur = sid_next;
+                row += step;
+                if (mnext == 0u) row = next_valid(row);
                 if (row < n_rows) start_row(row);
             }
             const bool more = row < n_rows;
@@ -700,7 +708,7 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
             if (cur_c == cpr - 1) {
                 if (lane == 0) a.n += (unsigned)n_cols;
                 if (ROWS) finish_row(phys(cur_row), lane, rmax, rarg, row_absmax, row_argmax, rowkey,
-                                     sample_ids, sample_max, n_samples, sample_oor);
+                                     sid_cur, sample_max, n_samples, sample_oor);
                 rmax = -1.f; rarg = -1;
             }
             return more;
@@ -727,7 +735,8 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
             }
             if (lane == 0) a.n += (unsigned)n_cols;
             if (ROWS) finish_row(phys(row), lane, rmax, rarg, row_absmax, row_argmax, rowkey,
-                                 sample_ids, sample_max, n_samples, sample_oor);
+                                 sample_ids != nullptr ? sample_ids[phys(row)] : (i64)-1,
+                                 sample_max, n_samples, sample_oor);
             rmax = -1.f; rarg = -1;
         }
     }

@@ -38,6 +38,8 @@ from . import cuda_hist
 logger = logging.getLogger(__name__)
 
 _SWAR = int(os.environ.get("MAXACT_MEDIAN_SWAR", 0))
+# packed compares: every this-many-th pair of words counted by integer halves instead (0: none)
+_INT_EVERY = int(os.environ.get("MAXACT_MEDIAN_INT_EVERY", 0))
 # most 16-byte vectors a lane holds (registers); wider rows take more warps
 _MAX_VEC = int(os.environ.get("MAXACT_MEDIAN_MAX_VEC", 16))
 _BLOCK = 256
@@ -47,6 +49,9 @@ _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
 _SOURCE = r"""
 #ifndef MAXACT_MEDIAN_SWAR
 #define MAXACT_MEDIAN_SWAR 0
+#endif
+#ifndef MAXACT_MEDIAN_INT_EVERY
+#define MAXACT_MEDIAN_INT_EVERY 0
 #endif
 
 typedef long long i64;
@@ -97,13 +102,21 @@ __device__ __forceinline__ unsigned count_le(const unsigned (&k)[NW], unsigned t
         const unsigned s = acc[0] + acc[1];
         return (s & 0xffffu) + (s >> 16);
     } else {
-        const unsigned t2 = t * 0x10001u;
+        /* MAXACT_MEDIAN_INT_EVERY = e > 0: every e-th pair of words takes the integer form, to share the
+           work between the compare pipe and the integer pipe */
+        const unsigned t2 = t * 0x10001u, ti = (0x8000u + t) * 0x10001u;
+        unsigned ia = 0u;
         #pragma unroll
-        for (int i = 0; i < NW; i += 2) acc[(i >> 1) & 1] += le_mask<DT>(k[i], t2) + le_mask<DT>(k[i + 1], t2);
+        for (int i = 0; i < NW; i += 2) {
+            if (MAXACT_MEDIAN_INT_EVERY > 0 && (i >> 1) % MAXACT_MEDIAN_INT_EVERY == MAXACT_MEDIAN_INT_EVERY - 1)
+                ia += (((ti - k[i]) >> 15) & 0x10001u) + (((ti - k[i + 1]) >> 15) & 0x10001u);
+            else
+                acc[(i >> 1) & 1] += le_mask<DT>(k[i], t2) + le_mask<DT>(k[i + 1], t2);
+        }
         const unsigned s = acc[0] + acc[1];
         const unsigned lo = (0u - s) & 0xffffu;
         const int diff = (short)((s + lo) >> 16);   /* L - H */
-        return 2u * lo - (unsigned)diff;
+        return 2u * lo - (unsigned)diff + (ia & 0xffffu) + (ia >> 16);
     }
 }
 
@@ -180,8 +193,10 @@ __global__ void __launch_bounds__(256) maxact_row_median(
 """
 
 
-def _source(swar: int | None = None) -> str:
-    return f"#define MAXACT_MEDIAN_SWAR {_SWAR if swar is None else swar}\n" + _SOURCE
+def _source(swar: int | None = None, int_every: int | None = None) -> str:
+    swar = _SWAR if swar is None else swar
+    int_every = _INT_EVERY if int_every is None else int_every
+    return f"#define MAXACT_MEDIAN_SWAR {swar}\n#define MAXACT_MEDIAN_INT_EVERY {int_every}\n" + _SOURCE
 
 
 def kernel_name(dtype_code: int, nvec: int, warps: int, candidates: bool) -> str:
@@ -219,16 +234,17 @@ def supports(x2d: torch.Tensor) -> bool:
 
 
 def _kernel(device_index: int, dtype_code: int, nv: int, warps: int, candidates: bool):
-    return _compiled(device_index, dtype_code, nv, warps, candidates, _SWAR)
+    return _compiled(device_index, dtype_code, nv, warps, candidates, _SWAR, _INT_EVERY)
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(device_index: int, dtype_code: int, nv: int, warps: int, candidates: bool, swar: int):
+def _compiled(device_index: int, dtype_code: int, nv: int, warps: int, candidates: bool, swar: int,
+              int_every: int):
     cc = cuda_hist._cuda_core()
     cc.Device(device_index).set_current()
     major, minor = torch.cuda.get_device_capability(device_index)
     name = kernel_name(dtype_code, nv, warps, candidates)
-    kernel = cuda_hist._compile(cc, _source(swar), f"sm_{major}{minor}", name).get_kernel(name)
+    kernel = cuda_hist._compile(cc, _source(swar, int_every), f"sm_{major}{minor}", name).get_kernel(name)
     attrs = kernel.attributes
     logger.info("compiled %s for sm_%d%d: %d registers, %d bytes local memory",
                 name, major, minor, attrs.num_regs, attrs.local_size_bytes)
