@@ -315,11 +315,12 @@ def _tokens_rows_kernel(
                                                 k0, s0, p0, r0, x0, m0, a0)
         k1, s1, p1, r1, x1, m1, a1 = _lane_best(tmax64, valid, sid, pos, rows64, tmax, tmed, arg,
                                                 k1, s1, p1, r1, x1, m1, a1)
-    tl.atomic_add(tok_counts_ptr + 0, reduce_sum(n_tok, 0).to(tl.int64))
-    tl.atomic_add(tok_counts_ptr + 1, reduce_sum(n_pass, 0).to(tl.int64))
+    # relaxed: nothing in this launch reads them back, and the next kernel is ordered by the stream
+    tl.atomic_add(tok_counts_ptr + 0, reduce_sum(n_tok, 0).to(tl.int64), sem="relaxed")
+    tl.atomic_add(tok_counts_ptr + 1, reduce_sum(n_pass, 0).to(tl.int64), sem="relaxed")
     if not CANDIDATES:
-        tl.atomic_add(ratio_sums_ptr + 0, reduce_sum(r_sum, 0))
-        tl.atomic_add(ratio_sums_ptr + 1, reduce_sum(r_sq, 0))
+        tl.atomic_add(ratio_sums_ptr + 0, reduce_sum(r_sum, 0), sem="relaxed")
+        tl.atomic_add(ratio_sums_ptr + 1, reduce_sum(r_sq, 0), sem="relaxed")
     _store_best(part_f_ptr + pid * 6, part_i_ptr + pid * 8, k0, s0, p0, r0, x0, m0, a0)
     _store_best(part_f_ptr + pid * 6 + 3, part_i_ptr + pid * 8 + 4, k1, s1, p1, r1, x1, m1, a1)
 

@@ -248,7 +248,7 @@ def topk_update(
         k * n_cblk * k, n_cols, k, slot0,
         HAS_SIDS=sample_ids is not None, HAS_POS=positions is not None, KB=kb,
         CAND_BLOCK=min(CAND_BLOCK, max(16, triton.next_power_of_2(k * n_cblk * k))),
-        num_warps=_warps(dev, 1024),
+        num_warps=1 if not gpu else 4,  # measured: 5.5 us with 4 warps, 7.7 with 1 ([16384, 4096], K = 16)
     )
 
 

@@ -1,6 +1,6 @@
 """GPU checks of the compiled kernels, run by ``test_gpu.py`` in a fresh process (the CPU tests hold the
 kernels in Triton's interpreter, which cannot take CUDA tensors). Prints one JSON line per check:
-``{"check": name, "ok": bool, "detail": str}``. Usage: ``python -m tests.kernels.gpu_checks [--quick] [TEXT ...]``
+``{"check": name, "ok": bool, "detail": str}``. Usage: ``python -m tests.kernels.gpu_checks [--quick] [--fast-only] [TEXT ...]``
 (with TEXT arguments, only the checks whose names contain one of them).
 """
 
@@ -175,10 +175,11 @@ def main() -> int:
     checks = {}
     fast = triton_update.use_cuda_hist(torch.device("cuda"))
     quick = "--quick" in sys.argv  # fewer combinations (bf16 gets them all)
+    fast_only = "--fast-only" in sys.argv  # with cuda-core: skip the Triton-histogram variants
     for shape in [(1, 1), (5, 123), (3, 4, 37), (1823, 781), (64, 12288), (300, 4096), (517, 1536), (9, 24)]:
         for dtype in (torch.bfloat16, torch.float16, torch.float32):
             full = not quick or dtype == torch.bfloat16
-            for fast_hist in ((True, False) if fast and full else (fast,)):
+            for fast_hist in ((True, False) if fast and full and not fast_only else (fast,)):
                 for masked, tm in ((False, "all"), (True, "candidates")) if full else ((True, "all"),):
                     name = f"exact {shape} {str(dtype)[6:]} mask={masked} {tm} cuda_hist={fast_hist}"
                     checks[name] = lambda s=shape, d=dtype, m=masked, t=tm, f=fast_hist: check_exact(s, d, m, t, f)
