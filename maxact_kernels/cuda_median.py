@@ -45,6 +45,8 @@ _INT_EVERY = int(os.environ.get("MAXACT_MEDIAN_INT_EVERY", 0))
 # most 16-byte vectors a lane holds (registers); wider rows take more warps
 _MAX_VEC = int(os.environ.get("MAXACT_MEDIAN_MAX_VEC", 16))
 _BLOCK = 256
+# at most this many blocks (0: as many as fit); the GPU checks set 1 so that each row group walks many rows
+_MAX_GRID = int(os.environ.get("MAXACT_MEDIAN_MAX_GRID", 0))
 _MAX_WARPS_PER_ROW = 8
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
 
@@ -306,6 +308,8 @@ def row_median(
     kernel = _kernel(dev_index, _DTYPE_CODE[x2d.dtype], nv, warps, candidates)
     rows_per_block = (_BLOCK // 32) // warps
     grid = min(-(-n_rows // rows_per_block), cuda_hist._num_sms(dev_index) * _blocks_per_sm(kernel))
+    if _MAX_GRID > 0:
+        grid = min(grid, _MAX_GRID)
     cc = cuda_hist._cuda_core()
     stream = cuda_hist._stream(torch.cuda.current_stream(x2d.device).cuda_stream)
     config = cc.LaunchConfig(grid=grid, block=_BLOCK)

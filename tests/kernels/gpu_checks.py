@@ -113,16 +113,22 @@ def median_rows(rows: int, width: int, dtype, gen) -> torch.Tensor:
     return x.to(dtype)
 
 
-def check_median(dtype, width: int, max_vec: int, swar: int) -> list[str]:
-    """``cuda_median.row_median`` against torch.nanmedian, all rows and candidates, with masked rows."""
+def check_median(dtype, width: int, max_vec: int, swar: int, max_grid: int = 0) -> list[str]:
+    """``cuda_median.row_median`` against torch.nanmedian, all rows and candidates, with masked rows.
+    ``max_grid=1``: one block, so each row group walks many rows (the previous-median bracket holds for
+    similar rows and fails after a special one)."""
     from maxact_kernels import cuda_median
 
-    saved = cuda_median._MAX_VEC, cuda_median._SWAR
-    cuda_median._MAX_VEC, cuda_median._SWAR = max_vec, swar
+    saved = cuda_median._MAX_VEC, cuda_median._SWAR, cuda_median._MAX_GRID
+    cuda_median._MAX_VEC, cuda_median._SWAR, cuda_median._MAX_GRID = max_vec, swar, max_grid
     try:
         gen = torch.Generator(device="cuda").manual_seed(width * 7 + max_vec + swar)
-        rows = 37
+        rows = 37 if not max_grid else 301
         full = median_rows(rows, width + 8, dtype, gen)
+        if max_grid:  # similar rows with a special row now and then
+            full[8:] = (torch.randn(rows - 8, width + 8, generator=gen, device="cuda") * 3).to(dtype)
+            full[150] = full[3]
+            full[200] = full[5]
         x = full[:, :width]  # row stride > width
         a = x.float().abs()
         has = ~torch.isnan(a).all(dim=1)
@@ -146,7 +152,7 @@ def check_median(dtype, width: int, max_vec: int, swar: int) -> list[str]:
             errs.append(f"candidates: rows {bad}: {out[bad].tolist()} vs {want_c[bad].tolist()}")
         return errs
     finally:
-        cuda_median._MAX_VEC, cuda_median._SWAR = saved
+        cuda_median._MAX_VEC, cuda_median._SWAR, cuda_median._MAX_GRID = saved
 
 
 def check_no_sync(token_median: str) -> list[str]:
@@ -185,11 +191,11 @@ def main() -> int:
                     checks[name] = lambda s=shape, d=dtype, m=masked, t=tm, f=fast_hist: check_exact(s, d, m, t, f)
     for dtype in (torch.bfloat16, torch.float16):
         for width in (8, 16, 24, 640, 1536, 4096, 4104, 8192, 12288, 32768):
-            for max_vec, swar in ((16, 0), (16, 1), (2, 0)):
+            for max_vec, swar, grid in ((16, 0, 0), (16, 1, 0), (2, 0, 0), (16, 0, 1), (2, 0, 1)):
                 if max_vec == 2 and width > 4096:
                     continue  # more than 8 warps per row: not taken
-                name = f"median {str(dtype)[6:]} width={width} max_vec={max_vec} swar={swar}"
-                checks[name] = lambda d=dtype, w=width, m=max_vec, s=swar: check_median(d, w, m, s)
+                name = f"median {str(dtype)[6:]} width={width} max_vec={max_vec} swar={swar} grid={grid or 'auto'}"
+                checks[name] = lambda d=dtype, w=width, m=max_vec, s=swar, g=grid: check_median(d, w, m, s, g)
     for tm in ("all", "candidates"):
         checks[f"no host sync {tm}"] = lambda t=tm: check_no_sync(t)
     wanted = [a for a in sys.argv[1:] if not a.startswith("--")]
