@@ -15,3 +15,4 @@ python3 -m pytest -q -p no:cacheprovider benchmarks/ --benchmark-only -s 2>&1 | 
 python3 scripts/profile_scan.py "$OUT" 2>&1 | tee "$OUT/profile.log" | grep -E "==|^  [a-z_]"
 python3 -W ignore scripts/profile_update.py 2>&1 | tee "$OUT/profile_update.log"
 python3 -W ignore scripts/gpu_read_ceiling.py "$OUT" 2>&1 | tee "$OUT/read_ceiling.log" | grep -E "copy|check"
+python3 -W ignore scripts/time_row_median.py 2>&1 | tee "$OUT/row_median.log"

@@ -47,3 +47,13 @@ def test_triton_equals_reference_on_gpu(gpu_results):
 def test_updates_never_sync(gpu_results):
     bad = {k: v["detail"] for k, v in gpu_results.items() if k.startswith("no host sync") and not v["ok"]}
     assert not bad, bad
+
+
+def test_cuda_median_equals_torch(gpu_results):
+    """The per-token median kernel against torch.nanmedian (run where cuda-core is installed)."""
+    if gpu_results.get("cuda_hist available", {}).get("detail") != "True":
+        pytest.skip("cuda-core is not installed: the CUDA median kernel does not run")
+    checks = {k: v for k, v in gpu_results.items() if k.startswith("median")}
+    bad = {k: v["detail"] for k, v in checks.items() if not v["ok"]}
+    assert not bad, "\n".join(f"{k}: {v}" for k, v in list(bad.items())[:10])
+    assert len(checks) >= 80
