@@ -221,8 +221,9 @@ def _source(swar: int | None = None, int_every: int | None = None) -> str:
     return f"#define MAXACT_MEDIAN_SWAR {swar}\n#define MAXACT_MEDIAN_INT_EVERY {int_every}\n" + _SOURCE
 
 
-def kernel_name(dtype_code: int, nvec: int, warps: int, candidates: bool) -> str:
-    return f"maxact_row_median<{dtype_code}, {nvec}, {warps}, {'true' if candidates else 'false'}>"
+def kernel_name(dtype_code: int, nv: int, warps: int, candidates: bool) -> str:
+    """The instantiation for ``nv`` 16-byte vectors per lane and ``warps`` warps per row."""
+    return f"maxact_row_median<{dtype_code}, {nv}, {warps}, {'true' if candidates else 'false'}>"
 
 
 def layout(n_cols: int) -> tuple[int, int] | None:
