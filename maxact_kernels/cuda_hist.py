@@ -73,6 +73,17 @@ CHANNEL_MAX_BYTES = 18944 * 4
 
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1, torch.float32: 2}
 
+# Shared with cuda_median's source.
+LOAD_STREAMING_SRC = r"""
+/* Activations are read once: keep them out of L1 (the load flavour made no measurable difference). */
+__device__ __forceinline__ uint4 load_streaming(const uint4* p) {
+    uint4 q;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(q.x), "=r"(q.y), "=r"(q.z), "=r"(q.w) : "l"(p));
+    return q;
+}
+"""
+
 _SOURCE = r"""
 #ifndef MAXACT_MIN_BLOCKS
 #define MAXACT_MIN_BLOCKS 1
@@ -195,13 +206,7 @@ __device__ __forceinline__ void atomic_min_float(float* addr, float v) {
     else atomicMax((unsigned*)addr, __float_as_uint(v));
 }
 
-/* Activations are read once: keep them out of L1 (the load flavour made no measurable difference). */
-__device__ __forceinline__ uint4 load_streaming(const uint4* p) {
-    uint4 q;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(q.x), "=r"(q.y), "=r"(q.z), "=r"(q.w) : "l"(p));
-    return q;
-}
+/*LOAD_STREAMING*/
 
 /* Packed 16-bit helpers (sm_80+). Without the .NaN modifier, min/max return the non-NaN operand. */
 template <int DT> __device__ __forceinline__ unsigned pmax(unsigned a, unsigned b);
@@ -813,6 +818,8 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
     }
 }
 """
+
+_SOURCE = _SOURCE.replace("/*LOAD_STREAMING*/\n", LOAD_STREAMING_SRC.lstrip("\n"))
 
 
 class _TorchStream:

@@ -64,12 +64,6 @@ template <int DT> struct KeyInf;   /* |x| bits of +inf in the input's width; NaN
 template <> struct KeyInf<0> { static constexpr unsigned V = 0x7f80u; };
 template <> struct KeyInf<1> { static constexpr unsigned V = 0x7c00u; };
 
-__device__ __forceinline__ uint4 load_nc(const uint4* p) {
-    uint4 q;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(q.x), "=r"(q.y), "=r"(q.z), "=r"(q.w) : "l"(p));
-    return q;
-}
 
 /* Per half of k: 0xffff if k <= t2's half else 0 (t2 never NaN): HSET2 with an integer result. */
 template <int DT> __device__ __forceinline__ unsigned le_mask(unsigned k, unsigned t2);
@@ -182,7 +176,7 @@ __global__ void __launch_bounds__(256) maxact_row_median(
         for (int u = 0; u < NV; ++u) {
             const int v = u * (32 * W) + wg * 32 + lane;
             uint4 q = make_uint4(0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu);   /* NaN keys */
-            if (v < nvec) q = load_nc(rp + v);
+            if (v < nvec) q = load_streaming(rp + v);
             k[4 * u + 0] = q.x & 0x7fff7fffu; k[4 * u + 1] = q.y & 0x7fff7fffu;
             k[4 * u + 2] = q.z & 0x7fff7fffu; k[4 * u + 3] = q.w & 0x7fff7fffu;
         }
@@ -218,7 +212,8 @@ __global__ void __launch_bounds__(256) maxact_row_median(
 def _source(swar: int | None = None, int_every: int | None = None) -> str:
     swar = _SWAR if swar is None else swar
     int_every = _INT_EVERY if int_every is None else int_every
-    return f"#define MAXACT_MEDIAN_SWAR {swar}\n#define MAXACT_MEDIAN_INT_EVERY {int_every}\n" + _SOURCE
+    return (f"#define MAXACT_MEDIAN_SWAR {swar}\n#define MAXACT_MEDIAN_INT_EVERY {int_every}\n"
+            + cuda_hist.LOAD_STREAMING_SRC + _SOURCE)
 
 
 def kernel_name(dtype_code: int, nv: int, warps: int, candidates: bool) -> str:
@@ -257,6 +252,7 @@ def supports(x2d: torch.Tensor) -> bool:
 
 
 def _kernel(device_index: int, dtype_code: int, nv: int, warps: int, candidates: bool):
+    """(compiled kernel, resident blocks per SM) for the current count method."""
     return _compiled(device_index, dtype_code, nv, warps, candidates, _SWAR, _INT_EVERY)
 
 
@@ -271,12 +267,12 @@ def _compiled(device_index: int, dtype_code: int, nv: int, warps: int, candidate
     attrs = kernel.attributes
     logger.info("compiled %s for sm_%d%d: %d registers, %d bytes local memory",
                 name, major, minor, attrs.num_regs, attrs.local_size_bytes)
-    return kernel
+    return kernel, _blocks_per_sm(attrs.num_regs)
 
 
-def _blocks_per_sm(kernel) -> int:
+def _blocks_per_sm(num_regs: int) -> int:
     """Resident blocks per SM (registers allocated per warp in units of 256; 64 Ki registers, 2048 threads)."""
-    regs = max(1, kernel.attributes.num_regs)
+    regs = max(1, num_regs)
     per_warp = -(-regs * 32 // 256) * 256
     return max(1, min(65536 // (per_warp * (_BLOCK // 32)), 2048 // _BLOCK))
 
@@ -306,9 +302,9 @@ def row_median(
     nv, warps = layout(n_cols)
     dev_index = x2d.device.index if x2d.device.index is not None else torch.cuda.current_device()
     candidates = umax is not None
-    kernel = _kernel(dev_index, _DTYPE_CODE[x2d.dtype], nv, warps, candidates)
+    kernel, blocks_per_sm = _kernel(dev_index, _DTYPE_CODE[x2d.dtype], nv, warps, candidates)
     rows_per_block = (_BLOCK // 32) // warps
-    grid = min(-(-n_rows // rows_per_block), cuda_hist._num_sms(dev_index) * _blocks_per_sm(kernel))
+    grid = min(-(-n_rows // rows_per_block), cuda_hist._num_sms(dev_index) * blocks_per_sm)
     if _MAX_GRID > 0:
         grid = min(grid, _MAX_GRID)
     cc = cuda_hist._cuda_core()

@@ -92,6 +92,63 @@ def _store_best(pf, pi, bk, bs, bp, br, bmax, bmed, barg):
 
 
 @triton.jit
+def _empty_records(BLOCK: tl.constexpr):
+    """Per-lane running records (key, sample, position, row, tmax, tmed, arg), all empty."""
+    k = tl.full([BLOCK], -1.0, dtype=tl.float64)
+    s = tl.full([BLOCK], _I64_MAX, dtype=tl.int64)
+    x = tl.full([BLOCK], -1.0, dtype=tl.float32)
+    a = tl.full([BLOCK], -1, dtype=tl.int32)
+    return k, s, s, s, x, x, a
+
+
+@triton.jit
+def _fold_tokens(valid, tmax, tmed, arg, both_inf, rows, row_in, sid_ptr, pos_ptr, t_val, t_ratio,
+                 n_pass, r_sum, r_sq, k0, s0, p0, r0, x0, m0, a0, k1, s1, p1, r1, x1, m1, a1,
+                 HAS_SIDS: tl.constexpr, HAS_POS: tl.constexpr, CANDIDATES: tl.constexpr):
+    """Fold a tile of tokens (``valid``: has a max and a median) into the criterion count, the ratio sums
+    and the two per-lane records (0 = max ratio, 1 = peak)."""
+    tmax64 = tmax.to(tl.float64)
+    tmed64 = tmed.to(tl.float64)
+    ratio = tl.where(both_inf, 1.0, tmax64) / tl.where(both_inf, 1.0, tl.maximum(tmed64, _TINY))
+    n_pass += (valid & (tmax64 > t_val) & (tmax64 > t_ratio * tmed64)).to(tl.int32)
+    if not CANDIDATES:
+        r_sum += tl.where(valid, ratio, 0.0)
+        r_sq += tl.where(valid, ratio * ratio, 0.0)
+    if HAS_SIDS:
+        sid = tl.load(sid_ptr + rows, mask=row_in, other=-1)
+    else:
+        sid = tl.zeros_like(rows).to(tl.int64) - 1
+    if HAS_POS:
+        pos = tl.load(pos_ptr + rows, mask=row_in, other=0)
+    else:
+        pos = rows.to(tl.int64)
+    if CANDIDATES:
+        ratio_scope = valid & (tmax64 > t_val)  # not the peak rows: keeps merges exact
+    else:
+        ratio_scope = valid
+    rows64 = rows.to(tl.int64)
+    k0, s0, p0, r0, x0, m0, a0 = _lane_best(ratio, ratio_scope, sid, pos, rows64, tmax, tmed, arg,
+                                            k0, s0, p0, r0, x0, m0, a0)
+    k1, s1, p1, r1, x1, m1, a1 = _lane_best(tmax64, valid, sid, pos, rows64, tmax, tmed, arg,
+                                            k1, s1, p1, r1, x1, m1, a1)
+    return n_pass, r_sum, r_sq, k0, s0, p0, r0, x0, m0, a0, k1, s1, p1, r1, x1, m1, a1
+
+
+@triton.jit
+def _finish_tokens(tok_counts_ptr, ratio_sums_ptr, part_f_ptr, part_i_ptr, pid, n_tok, n_pass, r_sum, r_sq,
+                   k0, s0, p0, r0, x0, m0, a0, k1, s1, p1, r1, x1, m1, a1, CANDIDATES: tl.constexpr):
+    """A program's counts and sums into the state (relaxed: nothing in the launch reads them back, and the
+    next kernel is ordered by the stream), its two records into the partials buffer."""
+    tl.atomic_add(tok_counts_ptr + 0, reduce_sum(n_tok, 0).to(tl.int64), sem="relaxed")
+    tl.atomic_add(tok_counts_ptr + 1, reduce_sum(n_pass, 0).to(tl.int64), sem="relaxed")
+    if not CANDIDATES:
+        tl.atomic_add(ratio_sums_ptr + 0, reduce_sum(r_sum, 0), sem="relaxed")
+        tl.atomic_add(ratio_sums_ptr + 1, reduce_sum(r_sq, 0), sem="relaxed")
+    _store_best(part_f_ptr + pid * 6, part_i_ptr + pid * 8, k0, s0, p0, r0, x0, m0, a0)
+    _store_best(part_f_ptr + pid * 6 + 3, part_i_ptr + pid * 8 + 4, k1, s1, p1, r1, x1, m1, a1)
+
+
+@triton.jit
 def _count_le3(x_ptr, row_off, work, cols0, n_cols, t1, t2, t3, ONE_BLOCK: tl.constexpr, keys,
                SHIFT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """Per row, the counts of keys <= t1, <= t2, <= t3, packed in 21-bit fields of one int64 (one
@@ -141,14 +198,8 @@ def _tokens_kernel(
     r_sum = tl.full([BLOCK_R], 0, dtype=tl.float64)
     r_sq = tl.full([BLOCK_R], 0, dtype=tl.float64)
     # per-lane running records (reduced once at the end): 0 = max ratio, 1 = peak
-    k0 = tl.full([BLOCK_R], -1.0, dtype=tl.float64)
-    s0 = tl.full([BLOCK_R], _I64_MAX, dtype=tl.int64)
-    p0 = s0
-    r0 = s0
-    x0 = tl.full([BLOCK_R], -1.0, dtype=tl.float32)
-    m0 = x0
-    a0 = tl.full([BLOCK_R], -1, dtype=tl.int32)
-    k1, s1, p1, r1, x1, m1, a1 = k0, s0, p0, r0, x0, m0, a0
+    k0, s0, p0, r0, x0, m0, a0 = _empty_records(BLOCK_R)
+    k1, s1, p1, r1, x1, m1, a1 = _empty_records(BLOCK_R)
     if CANDIDATES:
         umax = tl.load(umax_ptr)
 
@@ -217,43 +268,18 @@ def _tokens_kernel(
                 prefix = prefix | (digit << b)
 
             valid = work & (n > 0)
-            tmax = (tl.maximum(kmax, 0) << SHIFT).to(tl.float32, bitcast=True)
-            tmed = (prefix << SHIFT).to(tl.float32, bitcast=True)
-            tmax64 = tmax.to(tl.float64)
-            tmed64 = tmed.to(tl.float64)
-            both_inf = (kmax == inf_key) & (prefix == inf_key)  # inf / inf: ratio 1 by definition
-            ratio = tl.where(both_inf, 1.0, tmax64) / tl.where(both_inf, 1.0, tl.maximum(tmed64, _TINY))
-            passed = valid & (tmax64 > t_val) & (tmax64 > t_ratio * tmed64)
-            n_pass += passed.to(tl.int32)
             if not CANDIDATES:
                 n_tok += valid.to(tl.int32)
-                r_sum += tl.where(valid, ratio, 0.0)
-                r_sq += tl.where(valid, ratio * ratio, 0.0)
-            if HAS_SIDS:
-                sid = tl.load(sid_ptr + rows, mask=row_in, other=-1)
-            else:
-                sid = tl.full([BLOCK_R], -1, dtype=tl.int64)
-            if HAS_POS:
-                pos = tl.load(pos_ptr + rows, mask=row_in, other=0)
-            else:
-                pos = rows.to(tl.int64)
-            if CANDIDATES:
-                ratio_scope = valid & (tmax64 > t_val)  # not the peak rows: keeps merges exact
-            else:
-                ratio_scope = valid
-            rows64 = rows.to(tl.int64)
-            k0, s0, p0, r0, x0, m0, a0 = _lane_best(ratio, ratio_scope, sid, pos, rows64, tmax, tmed, arg,
-                                                    k0, s0, p0, r0, x0, m0, a0)
-            k1, s1, p1, r1, x1, m1, a1 = _lane_best(tmax64, valid, sid, pos, rows64, tmax, tmed, arg,
-                                                    k1, s1, p1, r1, x1, m1, a1)
+            tmax = (tl.maximum(kmax, 0) << SHIFT).to(tl.float32, bitcast=True)
+            tmed = (prefix << SHIFT).to(tl.float32, bitcast=True)
+            both_inf = (kmax == inf_key) & (prefix == inf_key)  # inf / inf: ratio 1 by definition
+            (n_pass, r_sum, r_sq, k0, s0, p0, r0, x0, m0, a0, k1, s1, p1, r1, x1, m1, a1) = _fold_tokens(
+                valid, tmax, tmed, arg, both_inf, rows, row_in, sid_ptr, pos_ptr, t_val, t_ratio,
+                n_pass, r_sum, r_sq, k0, s0, p0, r0, x0, m0, a0, k1, s1, p1, r1, x1, m1, a1,
+                HAS_SIDS, HAS_POS, CANDIDATES)
 
-    tl.atomic_add(tok_counts_ptr + 0, reduce_sum(n_tok, 0).to(tl.int64))
-    tl.atomic_add(tok_counts_ptr + 1, reduce_sum(n_pass, 0).to(tl.int64))
-    if not CANDIDATES:
-        tl.atomic_add(ratio_sums_ptr + 0, reduce_sum(r_sum, 0))
-        tl.atomic_add(ratio_sums_ptr + 1, reduce_sum(r_sq, 0))
-    _store_best(part_f_ptr + pid * 6, part_i_ptr + pid * 8, k0, s0, p0, r0, x0, m0, a0)
-    _store_best(part_f_ptr + pid * 6 + 3, part_i_ptr + pid * 8 + 4, k1, s1, p1, r1, x1, m1, a1)
+    _finish_tokens(tok_counts_ptr, ratio_sums_ptr, part_f_ptr, part_i_ptr, pid, n_tok, n_pass, r_sum, r_sq,
+                   k0, s0, p0, r0, x0, m0, a0, k1, s1, p1, r1, x1, m1, a1, CANDIDATES)
 
 
 @triton.jit
@@ -274,14 +300,8 @@ def _tokens_rows_kernel(
     n_pass = tl.full([BLOCK], 0, dtype=tl.int32)
     r_sum = tl.full([BLOCK], 0, dtype=tl.float64)
     r_sq = tl.full([BLOCK], 0, dtype=tl.float64)
-    k0 = tl.full([BLOCK], -1.0, dtype=tl.float64)
-    s0 = tl.full([BLOCK], _I64_MAX, dtype=tl.int64)
-    p0 = s0
-    r0 = s0
-    x0 = tl.full([BLOCK], -1.0, dtype=tl.float32)
-    m0 = x0
-    a0 = tl.full([BLOCK], -1, dtype=tl.int32)
-    k1, s1, p1, r1, x1, m1, a1 = k0, s0, p0, r0, x0, m0, a0
+    k0, s0, p0, r0, x0, m0, a0 = _empty_records(BLOCK)
+    k1, s1, p1, r1, x1, m1, a1 = _empty_records(BLOCK)
     for rb in range(pid, ceil_div(n_rows, BLOCK), n_prog):
         rows = rb * BLOCK + tl.arange(0, BLOCK)
         row_in = rows < n_rows
@@ -290,39 +310,13 @@ def _tokens_rows_kernel(
         arg = tl.load(row_argmax_ptr + rows, mask=row_in, other=-1)
         n_tok += (tmax >= 0).to(tl.int32)
         valid = (tmax >= 0) & (tmed >= 0)
-        tmax64 = tmax.to(tl.float64)
-        tmed64 = tmed.to(tl.float64)
         both_inf = (tmax == float("inf")) & (tmed == float("inf"))  # inf / inf: ratio 1 by definition
-        ratio = tl.where(both_inf, 1.0, tmax64) / tl.where(both_inf, 1.0, tl.maximum(tmed64, _TINY))
-        n_pass += (valid & (tmax64 > t_val) & (tmax64 > t_ratio * tmed64)).to(tl.int32)
-        if not CANDIDATES:
-            r_sum += tl.where(valid, ratio, 0.0)
-            r_sq += tl.where(valid, ratio * ratio, 0.0)
-        if HAS_SIDS:
-            sid = tl.load(sid_ptr + rows, mask=row_in, other=-1)
-        else:
-            sid = tl.full([BLOCK], -1, dtype=tl.int64)
-        if HAS_POS:
-            pos = tl.load(pos_ptr + rows, mask=row_in, other=0)
-        else:
-            pos = rows.to(tl.int64)
-        if CANDIDATES:
-            ratio_scope = valid & (tmax64 > t_val)  # not the peak rows: keeps merges exact
-        else:
-            ratio_scope = valid
-        rows64 = rows.to(tl.int64)
-        k0, s0, p0, r0, x0, m0, a0 = _lane_best(ratio, ratio_scope, sid, pos, rows64, tmax, tmed, arg,
-                                                k0, s0, p0, r0, x0, m0, a0)
-        k1, s1, p1, r1, x1, m1, a1 = _lane_best(tmax64, valid, sid, pos, rows64, tmax, tmed, arg,
-                                                k1, s1, p1, r1, x1, m1, a1)
-    # relaxed: nothing in this launch reads them back, and the next kernel is ordered by the stream
-    tl.atomic_add(tok_counts_ptr + 0, reduce_sum(n_tok, 0).to(tl.int64), sem="relaxed")
-    tl.atomic_add(tok_counts_ptr + 1, reduce_sum(n_pass, 0).to(tl.int64), sem="relaxed")
-    if not CANDIDATES:
-        tl.atomic_add(ratio_sums_ptr + 0, reduce_sum(r_sum, 0), sem="relaxed")
-        tl.atomic_add(ratio_sums_ptr + 1, reduce_sum(r_sq, 0), sem="relaxed")
-    _store_best(part_f_ptr + pid * 6, part_i_ptr + pid * 8, k0, s0, p0, r0, x0, m0, a0)
-    _store_best(part_f_ptr + pid * 6 + 3, part_i_ptr + pid * 8 + 4, k1, s1, p1, r1, x1, m1, a1)
+        (n_pass, r_sum, r_sq, k0, s0, p0, r0, x0, m0, a0, k1, s1, p1, r1, x1, m1, a1) = _fold_tokens(
+            valid, tmax, tmed, arg, both_inf, rows, row_in, sid_ptr, pos_ptr, t_val, t_ratio,
+            n_pass, r_sum, r_sq, k0, s0, p0, r0, x0, m0, a0, k1, s1, p1, r1, x1, m1, a1,
+            HAS_SIDS, HAS_POS, CANDIDATES)
+    _finish_tokens(tok_counts_ptr, ratio_sums_ptr, part_f_ptr, part_i_ptr, pid, n_tok, n_pass, r_sum, r_sq,
+                   k0, s0, p0, r0, x0, m0, a0, k1, s1, p1, r1, x1, m1, a1, CANDIDATES)
 
 
 @triton.jit

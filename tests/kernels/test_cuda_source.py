@@ -95,6 +95,13 @@ def test_median_layout():
         assert nv * 32 * w * 8 >= c  # the row fits its lanes' registers
 
 
+def test_median_blocks_per_sm():
+    # 256-thread blocks, registers allocated per warp in units of 256, 64 Ki per SM, 2048 threads per SM
+    assert cuda_median._blocks_per_sm(80) == 3
+    assert cuda_median._blocks_per_sm(90) == 2
+    assert cuda_median._blocks_per_sm(32) == 8
+
+
 def test_channel_fit_limits():
     # 16 bits per channel for bf16/fp16 (two per shared word), 32 for fp32, padded to 8 channels
     import torch
