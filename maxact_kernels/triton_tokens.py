@@ -117,7 +117,7 @@ def _fold_tokens(valid, tmax, tmed, arg, both_inf, rows, row_in, sid_ptr, pos_pt
     if HAS_SIDS:
         sid = tl.load(sid_ptr + rows, mask=row_in, other=-1)
     else:
-        sid = tl.zeros_like(rows).to(tl.int64) - 1
+        sid = rows.to(tl.int64) * 0 - 1  # (tl.zeros_like is itself a jit function the interpreter may not patch)
     if HAS_POS:
         pos = tl.load(pos_ptr + rows, mask=row_in, other=0)
     else:
