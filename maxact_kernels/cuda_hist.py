@@ -158,6 +158,8 @@ struct Acc {
     float mn, mx;               /* non-NaN values (fminf/fmaxf skip NaN) */
     unsigned n;                 /* elements of valid rows, NaN included (lane 0 of each warp) */
     unsigned shb;               /* shared address of the histogram window, opaque to the compiler */
+    unsigned cht;               /* CH: a lower bound of the shared maxima of every channel this thread
+                                   visits, as |x| bits in the input's width (see lane_channel_floor) */
 };
 
 /* One element. fs/fs2/fsa are fp32 partials of the current 16-byte vector. With HS (bf16), elements
@@ -316,6 +318,27 @@ __device__ __forceinline__ void ch_max_vec32(unsigned* chw, int ch0, const unsig
     }
 }
 
+/* The least shared maximum over the channels of vectors first_vec, first_vec + 32, ... below nvec (one
+   lane's channels in the rows path: a lane always visits the same vectors of a row) as |x| bits in the
+   input's width: 16-byte vectors of bf16/fp16 hold 8 channels (4 packed words), of fp32 4 (4 words), so
+   vector v's maxima are the 16 bytes at chw + 4 v either way. Shared maxima only rise, so the value stays a
+   lower bound for the whole block: a vector whose max |x| does not exceed it needs no channel update. Once
+   the global maxima are established (every update after a site's first few), almost no vector does. */
+template <int DT>
+__device__ __forceinline__ unsigned lane_channel_floor(const unsigned* chw, int first_vec, int nvec) {
+    unsigned lo = 0xffffffffu;
+    for (int v = first_vec; v < nvec; v += 32) {
+        const uint4 c = *(const uint4*)(chw + 4 * v);
+        if (DT == 2) {
+            lo = min(lo, min(min(c.x, c.y), min(c.z, c.w)));
+        } else {
+            const unsigned m = umin16x2(umin16x2(c.x, c.y), umin16x2(c.z, c.w));
+            lo = min(lo, min(m & 0xffffu, m >> 16));
+        }
+    }
+    return lo;
+}
+
 /* 4 * (w - WLO in each half) for a word of two bf16 |x| inside the window (see visit_vec16). In asm so
    that the compiler keeps one multiply-add per word rather than one per half. */
 __device__ __forceinline__ unsigned window_offsets(unsigned w) {
@@ -367,7 +390,8 @@ __device__ __forceinline__ void visit_vec16(const unsigned wv[4], const unsigned
             }
         }
     }
-    if (CH) ch_max_vec16(chw, ch0, aw);
+    /* a vector whose max |x| is at most every one of this thread's channel maxima raises none of them */
+    if (CH && max(vmax & 0xffffu, vmax >> 16) > a.cht) ch_max_vec16(chw, ch0, aw);
 }
 
 /* One 16-byte vector of fp32 with no inf or NaN. Every element does one shared atomic: its window bin,
@@ -413,7 +437,7 @@ __device__ __forceinline__ void visit_vec32(const unsigned wv[4], unsigned* sh, 
             if (fabsf(v[j]) == vm) rarg = ch0 + j;
         }
     }
-    if (CH) ch_max_vec32(chw, ch0, aw);
+    if (CH && __float_as_uint(vm) > a.cht) ch_max_vec32(chw, ch0, aw);
 }
 
 /* |x| bits of element h of word w in the input's width (16-bit types: the half's bits without sign). */
@@ -564,6 +588,7 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
     a.s = 0.0; a.s2 = 0.0; a.sa = 0.0;
     a.mn = __int_as_float(0x7f800000); a.mx = __int_as_float(0xff800000);
     a.n = 0u;
+    a.cht = 0u;   /* every vector checks the channel maxima, unless the rows path below knows better */
     /* Kept in a register: left to itself the compiler recomputes the shared window's address for every
        vector, with an S2UR that queues behind the atomics in the MIO pipe. */
     asm volatile("mov.b32 %0, %1;" : "=r"(a.shb) : "r"((unsigned)__cvta_generic_to_shared(sh)));
@@ -658,6 +683,7 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
            are on different channels at any moment (fewer races on the shared channel maxima). c counts
            the chunks of the current row, pc is the chunk (physical position) c loads. */
         const int first = CH ? warp % cpr : 0;
+        if (CH) a.cht = lane_channel_floor<DT>(chw, lane, nvec);
         int c = 0, pc = first;
         /* the next load: its address (lane included) and how many vectors remain in its row from it */
         const uint4* rowp = nullptr;

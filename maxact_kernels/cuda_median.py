@@ -22,8 +22,9 @@ holding up to 16 16-byte vectors; W > 1 sums each step's count through shared me
 barrier of the row's warps. A persistent grid: each row's warps prefetch their next row into L2 before
 working on this one. It reads the rows that need a median once and writes one float per row.
 Rows that need one: ``row_absmax >= 0`` (the fused pass writes -1 for masked rows and rows without a
-non-NaN value) and, for candidate medians, ``row_absmax > t_val`` or ``== umax`` (this update's largest
-row max); other rows get -1.
+non-NaN value) and, for candidate medians, ``row_absmax > t_val`` or ``==`` the state's running max |x|
+(``max(-min, max)`` of its ``minmax``, which the fused pass has already raised by this update: only such a
+row can become the peak token, whose median the state records); other rows get -1.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ template <int DT, int NV, int W, bool CAND>
 __global__ void __launch_bounds__(256) maxact_row_median(
     const char* __restrict__ x, i64 n_rows, i64 n_cols, i64 row_stride_bytes,
     const float* __restrict__ row_absmax,   /* [n_rows], -1: masked or no non-NaN value */
-    const float* __restrict__ umax,         /* CAND: this update's largest row max */
+    const float* __restrict__ minmax,       /* CAND: the state's running [min, max], this update included */
     const double* __restrict__ params,      /* CAND: params[0] = t_val */
     float* __restrict__ row_median)         /* [n_rows] out, -1 where not computed */
 {
@@ -131,10 +132,11 @@ __global__ void __launch_bounds__(256) maxact_row_median(
     __shared__ unsigned part[2][8];         /* per warp counts, alternating steps (W > 1) */
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int grp = warp / W, wg = warp % W;
-    /* a row needs a median: it has a token (and, for candidates, may pass or holds this update's peak) */
+    /* a row needs a median: it has a token (and, for candidates, may pass or may be the peak token) */
+    const float peak = CAND ? fmaxf(-minmax[0], minmax[1]) : 0.f;
     auto needs = [&](i64 r) -> bool {
         const float rm = row_absmax[r];
-        return rm >= 0.f && (!CAND || (double)rm > params[0] || rm == *umax);
+        return rm >= 0.f && (!CAND || (double)rm > params[0] || rm == peak);
     };
     auto total = [&](unsigned c, unsigned step) -> unsigned {   /* over the row's W warps */
         c = __reduce_add_sync(0xffffffffu, c);
@@ -282,14 +284,15 @@ def row_median(
     row_absmax: torch.Tensor,
     out: torch.Tensor,
     *,
-    umax: torch.Tensor | None = None,
+    minmax: torch.Tensor | None = None,
     params: torch.Tensor | None = None,
 ) -> None:
     """Write each row's lower median |x| (float32) into ``out``, -1 where no median is needed.
 
     ``row_absmax`` (float32[R]) is the fused pass's row max (-1: masked or no non-NaN value). With
-    ``umax`` (0-d float32, the largest row max) and ``params`` (float64, ``params[0]`` the criterion's
-    absolute threshold), only candidate rows (row max > threshold or == umax) get a median. No host sync.
+    ``minmax`` (float32[2], a running min and max that include these rows) and ``params`` (float64,
+    ``params[0]`` the criterion's absolute threshold), only candidate rows (row max > threshold or ==
+    max(-min, max)) get a median. No host sync.
     """
     if not supports(x2d):
         raise ValueError(f"row_median takes aligned bf16/fp16 rows of a multiple of 8 channels up to "
@@ -297,11 +300,11 @@ def row_median(
     n_rows, n_cols = x2d.shape
     if n_rows == 0:
         return
-    if (umax is None) != (params is None):
-        raise ValueError("umax and params go together (candidate medians)")
+    if (minmax is None) != (params is None):
+        raise ValueError("minmax and params go together (candidate medians)")
     nv, warps = layout(n_cols)
     dev_index = x2d.device.index if x2d.device.index is not None else torch.cuda.current_device()
-    candidates = umax is not None
+    candidates = minmax is not None
     kernel, blocks_per_sm = _kernel(dev_index, _DTYPE_CODE[x2d.dtype], nv, warps, candidates)
     rows_per_block = (_BLOCK // 32) // warps
     grid = min(-(-n_rows // rows_per_block), cuda_hist._num_sms(dev_index) * blocks_per_sm)
@@ -314,6 +317,6 @@ def row_median(
     cc.launch(
         stream, config, kernel,
         p(x2d.data_ptr()), np.int64(n_rows), np.int64(n_cols), np.int64(x2d.stride(0) * x2d.element_size()),
-        p(row_absmax.data_ptr()), p(umax.data_ptr() if candidates else 0),
+        p(row_absmax.data_ptr()), p(minmax.data_ptr() if candidates else 0),
         p(params.data_ptr() if candidates else 0), p(out.data_ptr()),
     )

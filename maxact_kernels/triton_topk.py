@@ -15,6 +15,11 @@ of those rows' maxima). So:
 3. ``_topk_merge_kernel`` (one program): folds all element partials into the top K and writes
    (|x|, signed value, sample, position, channel) to the pending slots (abs -1 for empty ones).
 
+Kernels 1 and 2 first drop the keys below the least |x| held in pending slots 0 .. K - 1 (see
+``_threshold_key``): after a site's first updates almost every row and element falls below it, and each
+fold takes only as many steps as keys that enter, so a steady-state update costs a few steps, not K per
+program. The first update of a state (empty slots) filters nothing.
+
 Keys are unique (they carry an index), so "remove the maximum" removes exactly one key. Bytes: reads
 the R row keys and K rows of x; writes a few KiB. ``_topk_compact_kernel`` keeps the first K pending
 entries under (abs desc, sample asc, position asc, channel asc, slot asc), like the torch path.
@@ -42,17 +47,35 @@ CAND_BLOCK = 4096  # partial candidates folded per step
 @triton.jit
 def _fold(best, keys, K, KB: tl.constexpr):
     """Fold the K largest of ``keys`` (int64, unique except -1) into ``best`` (int64[KB]: slots < K hold the
-    running top K unordered, -1 = empty; slots >= K hold INT64_MAX and are never replaced)."""
+    running top K unordered, -1 = empty; slots >= K hold INT64_MAX and are never replaced).
+
+    Takes keys largest first while the largest left beats the least kept: at most K steps (after K, the
+    kept ones are the K taken, each above every key left), and as many as there are keys that enter, so
+    few once the threshold filter (``_threshold_key``) has turned most keys into -1."""
     slots = tl.arange(0, KB)
-    for _ in range(K):
+    m = reduce_max(keys, 0)
+    lo = reduce_min(best, 0)
+    while m > lo:
+        slot = reduce_min(tl.where(best == lo, slots, KB), 0)
+        best = tl.where(slots == slot, m, best)
+        keys = tl.where(keys == m, -1, keys)
         m = reduce_max(keys, 0)
         lo = reduce_min(best, 0)
-        slot = reduce_min(tl.where(best == lo, slots, KB), 0)
-        # (m + 0 * best): a vector, so the mask stays element-wise (the interpreter mishandles
-        # scalar-bool & vector-bool)
-        best = tl.where((slots == slot) & ((m + 0 * best) > lo), m, best)
-        keys = tl.where(keys == m, -1, keys)
     return best
+
+
+@triton.jit
+def _threshold_key(kept_abs_ptr, K, KB: tl.constexpr):
+    """A key below which no element can reach the final top K: (bits of the least |x| among pending slots
+    0 .. K - 1) << 32, or 0 while any of them is empty (abs -1). Those slots always hold K real candidates
+    once filled (the first update's, then each compaction's best), and the final top K is taken over all
+    pending candidates, so an element with a smaller |x| is beaten by K of them. Ties are kept (a key with
+    the same |x| is >= this), as the order breaks them by sample, position and channel."""
+    slots = tl.arange(0, KB)
+    kept = tl.load(kept_abs_ptr + slots, mask=slots < K, other=float("inf"))
+    lo = reduce_min(kept, 0)
+    lo_bits = tl.maximum(lo, 0.0).to(tl.int32, bitcast=True).to(tl.int64)
+    return tl.where(lo >= 0, lo_bits << 32, 0)
 
 
 @triton.jit
@@ -73,11 +96,13 @@ def _fold_partials(part_ptr, n_parts, K, KB: tl.constexpr, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _topk_rows_kernel(rowkey_ptr, part_ptr, n_rows, K, KB: tl.constexpr, BLOCK: tl.constexpr):
-    """Program p: the top K row keys of rows [p * BLOCK, (p + 1) * BLOCK) into part[p * K ...]."""
+def _topk_rows_kernel(rowkey_ptr, kept_abs_ptr, part_ptr, n_rows, K, KB: tl.constexpr, BLOCK: tl.constexpr):
+    """Program p: the top K row keys of rows [p * BLOCK, (p + 1) * BLOCK) into part[p * K ...]; rows whose
+    max is below the threshold (no element of theirs can make the top K) count as empty."""
     pid = tl.program_id(0)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     keys = tl.load(rowkey_ptr + offs, mask=offs < n_rows, other=-1)
+    keys = tl.where(keys >= _threshold_key(kept_abs_ptr, K, KB), keys, -1)
     best = _fold(_empty_best(K, KB), keys, K, KB)
     slots = tl.arange(0, KB)
     tl.store(part_ptr + pid * K + slots, best, mask=slots < K)
@@ -86,7 +111,7 @@ def _topk_rows_kernel(rowkey_ptr, part_ptr, n_rows, K, KB: tl.constexpr, BLOCK: 
 @triton.jit
 def _topk_elems_kernel(
     # pointers
-    x_ptr, row_part_ptr, sel_ptr, elem_part_ptr,
+    x_ptr, row_part_ptr, sel_ptr, elem_part_ptr, kept_abs_ptr,
     # strides
     stride_row,
     # sizes
@@ -114,6 +139,7 @@ def _topk_elems_kernel(
     ok = ok_c & (ab <= 0x7F800000)
     local = rank * n_cols + cols
     keys = tl.where(ok, (ab.to(tl.int64) << 32) | (0xFFFFFFFF - local), -1)
+    keys = tl.where(keys >= _threshold_key(kept_abs_ptr, K, KB), keys, -1)
     best = _fold(_empty_best(K, KB), keys, K, KB)
     tl.store(elem_part_ptr + (i * n_cblk + cb) * K + slots, best, mask=slots < K)
 
@@ -223,7 +249,7 @@ def topk_update(
     row_block = min(triton.next_power_of_2(n_rows), GPU_ROW_BLOCK if gpu else CPU_ROW_BLOCK)
     n_row_programs = triton.cdiv(n_rows, row_block)
     row_part = state.scratch("topk_row_part", n_row_programs * k, torch.int64)
-    _topk_rows_kernel[(n_row_programs,)](rowkey, row_part, n_rows, k, KB=kb, BLOCK=row_block,
+    _topk_rows_kernel[(n_row_programs,)](rowkey, state.topk_abs, row_part, n_rows, k, KB=kb, BLOCK=row_block,
                                          num_warps=_warps(dev, row_block))
     block_c = min(max(16, triton.next_power_of_2(n_cols)), GPU_BLOCK_C if gpu else CPU_BLOCK_C)
     n_cblk = triton.cdiv(n_cols, block_c)
@@ -231,7 +257,7 @@ def topk_update(
     elem_part = state.scratch("topk_elem_part", k * n_cblk * k, torch.int64)
     cand_block = min(CAND_BLOCK, max(16, triton.next_power_of_2(n_row_programs * k)))
     _topk_elems_kernel[(k, n_cblk)](
-        x2d, row_part, sel, elem_part,
+        x2d, row_part, sel, elem_part, state.topk_abs,
         x2d.stride(0),
         n_row_programs * k, n_cols, k,
         KB=kb, BLOCK_C=block_c, CAND_BLOCK=cand_block,

@@ -145,8 +145,8 @@ def update(
             from . import cuda_median
 
             row_median = state.scratch("row_median", n_rows, torch.float32)
-            umax = torch.amax(row_absmax) if candidates else None  # 0-d device tensor: no sync
-            cuda_median.row_median(x2d, row_absmax, row_median, umax=umax,
+            # candidates: rows that may pass, or tie the running max |x| (the fused pass included x2d)
+            cuda_median.row_median(x2d, row_absmax, row_median, minmax=state.minmax if candidates else None,
                                    params=state.sun_params if candidates else None)
             triton_tokens.tokens_from_rows(row_absmax, row_argmax, row_median, sample_ids, positions, state)
         elif cfg.track_tokens:

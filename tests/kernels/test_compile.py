@@ -48,7 +48,7 @@ for dt in dtypes:
         comp(T._tokens_kernel, tok_sig, dict(HAS_MASK=True, HAS_SIDS=True, HAS_POS=True, CANDIDATES=cand,
                                              ONE_BLOCK=one, SHIFT=shift, NBITS=nbits, BLOCK_R=1, BLOCK_C=4096))
     comp(K._topk_elems_kernel, dict(x_ptr=f"*{dt}", row_part_ptr="*i64", sel_ptr="*i64", elem_part_ptr="*i64",
-                                    stride_row="i64", n_row_parts="i32", n_cols="i32", K="i32"),
+                                    kept_abs_ptr="*fp32", stride_row="i64", n_row_parts="i32", n_cols="i32", K="i32"),
          dict(KB=16, BLOCK_C=4096, CAND_BLOCK=64))
     comp(K._topk_merge_kernel, dict(x_ptr=f"*{dt}", elem_part_ptr="*i64", sel_ptr="*i64", sid_ptr="*i64",
                                     pos_ptr="*i64", out_abs_ptr="*fp32", out_val_ptr="*fp32", out_idx_ptr="*i64",
@@ -57,7 +57,7 @@ for dt in dtypes:
 comp(R._finalize_rows_kernel, dict(rowpack_ptr="*i64", row_absmax_ptr="*fp32", row_argmax_ptr="*i32",
                                    rowkey_ptr="*i64", sid_ptr="*i64", smax_ptr="*i32", oor_ptr="*i64", n_rows="i32",
                                    n_samples="i32"), dict(HAS_SIDS=True, DO_ROWS=True, DO_SAMPLES=True, BLOCK=1024))
-comp(K._topk_rows_kernel, dict(rowkey_ptr="*i64", part_ptr="*i64", n_rows="i32", K="i32"), dict(KB=16, BLOCK=4096))
+comp(K._topk_rows_kernel, dict(rowkey_ptr="*i64", kept_abs_ptr="*fp32", part_ptr="*i64", n_rows="i32", K="i32"), dict(KB=16, BLOCK=4096))
 for cand in (False, True):
     comp(T._tokens_rows_kernel, dict(row_absmax_ptr="*fp32", row_argmax_ptr="*i32", row_med_ptr="*fp32",
                                      sid_ptr="*i64", pos_ptr="*i64", params_ptr="*fp64", tok_counts_ptr="*i64",

@@ -96,6 +96,29 @@ def test_many_updates_compact_topk(backend, rng):
     assert_same_summary(merged.summary(), single.summary(), backend)
 
 
+def test_topk_threshold_keeps_ties_from_later_updates(backend):
+    """Updates after the first skip rows and elements below the least kept |x|, but not ties with it: a
+    later update's equal |x| with a smaller sample id must still enter, and values below change nothing."""
+    c, k = 10, 4
+    st = new_stats(backend, c, topk=k)
+    want = new_stats("reference", c, topk=k)
+    first = torch.zeros(6, c, dtype=torch.bfloat16)
+    first[:, 3] = 7.0                   # six ties at 7 (sample 5): the kept K, and the threshold 7
+    first[2, 8] = -9.0
+    below = torch.full((5, c), 6.5, dtype=torch.bfloat16)   # all below the threshold
+    tie = torch.zeros(3, c, dtype=torch.bfloat16)
+    tie[1, 0] = -7.0                    # a tie with an earlier sample: it enters the top K
+    tie[2, 9] = 6.0
+    for x, sid in ((first, 5), (below, 6), (tie, 1), (below, 0)):
+        sids = torch.full((x.shape[0],), sid, dtype=torch.int64)
+        pos = torch.arange(x.shape[0])
+        st.update(x, None, sids, pos)
+        want.update(x, None, sids, pos)
+    got = st.summary()["topk"]
+    assert got["sample"].tolist() == [5, 1, 5, 5] and got["value"].tolist() == [-9.0, -7.0, 7.0, 7.0]
+    assert_same_summary(st.summary(), want.summary(), backend)
+
+
 def test_state_dict_round_trip(backend, rng):
     c = 21
     x1, x2 = make_values((12, c), torch.float16, rng), make_values((9, c), torch.float16, rng)
