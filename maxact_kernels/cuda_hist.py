@@ -62,6 +62,10 @@ _UNROLL = int(os.environ.get("MAXACT_CUDA_UNROLL", 2))
 _HIST_INC = int(os.environ.get("MAXACT_CUDA_HIST_INC", 0))
 # The basic update of a contiguous unmasked tensor reads flat tiles instead of rows (0 turns it off).
 _FLAT = int(os.environ.get("MAXACT_CUDA_FLAT", 1))
+# With channel maxima, each warp starts a row at its own chunk (1) so that a block's warps rarely race on
+# one shared maximum, or at chunk 0 (0): fewer registers; races matter little once the lanes' channel
+# floors make most vectors skip the update.
+_CH_ROTATE = int(os.environ.get("MAXACT_CUDA_CH_ROTATE", 1))
 # Visit rows last to first: the end of a tensor its producer just wrote is the part still in L2.
 _REVERSE = int(os.environ.get("MAXACT_CUDA_REVERSE", 1))
 # Shared bytes of the histogram window (WBINS + 8 words: dump slot, rare counts); channel maxima follow.
@@ -682,7 +686,7 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
         /* Each warp walks a row's chunks starting at its own chunk (rotating), so the warps of a block
            are on different channels at any moment (fewer races on the shared channel maxima). c counts
            the chunks of the current row, pc is the chunk (physical position) c loads. */
-        const int first = CH ? warp % cpr : 0;
+        const int first = CH && MAXACT_CH_ROTATE ? warp % cpr : 0;
         if (CH) a.cht = lane_channel_floor<DT>(chw, lane, nvec);
         int c = 0, pc = first;
         /* the next load: its address (lane included) and how many vectors remain in its row from it */
@@ -708,7 +712,7 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
             }
             lp += CHUNK;
             lrem -= CHUNK;
-            if (CH && lrem <= -lane) { lp = rowp; lrem = nvec - lane; }   /* wrap to the row's chunk 0 */
+            if (CH && MAXACT_CH_ROTATE && lrem <= -lane) { lp = rowp; lrem = nvec - lane; }   /* wrap to chunk 0 */
         };
         /* processes the chunk in cur (loaded for row/c as they are on entry), after putting the next
            chunk's loads in flight into nxt; false when there is no next chunk */
@@ -886,7 +890,7 @@ def available(device: torch.device | str | None = None) -> bool:
 
 def _source() -> str:
     return (f"#define MAXACT_MIN_BLOCKS {_BLOCKS_PER_SM}\n#define MAXACT_BLOCK {_BLOCK}\n"
-            f"#define MAXACT_HIST_INC {_HIST_INC}\n" + _SOURCE)
+            f"#define MAXACT_HIST_INC {_HIST_INC}\n#define MAXACT_CH_ROTATE {_CH_ROTATE}\n" + _SOURCE)
 
 
 def _compile(cc, source: str, arch: str, name: str, target: str = "cubin"):

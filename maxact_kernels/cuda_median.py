@@ -153,59 +153,65 @@ __global__ void __launch_bounds__(256) maxact_row_median(
     constexpr unsigned BRACKET = 64u;
     unsigned prev = 0xffffffffu;   /* this group's previous median key (none yet) */
     unsigned step = 0u;            /* counts taken so far: their parity picks the shared slots (W > 1) */
-    /* Persistent: each group of W warps walks rows blockIdx.x * (8 / W) + grp, + stride, ... and asks L2 for
-       its next row before working on this one, so the reads overlap the compute (without it every warp
-       loaded, then computed, in lockstep waves). The warps of a row decide alike, so a row's named
-       barrier only sees warps that stay. */
-    for (i64 row = (i64)blockIdx.x * (8 / W) + grp; row < n_rows; row += stride) {
-        if (!needs(row)) {
-            if (wg == 0 && lane == 0) row_median[row] = -1.f;
-            continue;
-        }
-        const i64 nxt = row + stride;
-        if (wg == 0 && nxt < n_rows && needs(nxt)) {
-            const char* np = x + nxt * row_stride_bytes;
+    /* Persistent: each group of W warps walks rows first, first + stride, ... in batches of 32: each lane
+       asks whether one row of the batch needs a median (one load latency per 32 rows, not one per row:
+       most rows need none in candidate mode), writes -1 for those that do not, and the group works
+       through the others. It asks L2 for its next row before working on this one, so the reads overlap
+       the compute (without it every warp loaded, then computed, in lockstep waves). All W warps of a row
+       take the same ballot, so a row's named barrier only sees warps that stay. */
+    const i64 first = (i64)blockIdx.x * (8 / W) + grp;
+    for (i64 j0 = 0; first + j0 * stride < n_rows; j0 += 32) {
+        const i64 mine = first + (j0 + lane) * stride;
+        const bool need = mine < n_rows && needs(mine);
+        if (wg == 0 && mine < n_rows && !need) row_median[mine] = -1.f;
+        unsigned todo = __ballot_sync(0xffffffffu, need);
+        while (todo != 0u) {
+            const i64 row = first + (j0 + __ffs(todo) - 1) * stride;
+            todo &= todo - 1u;
+            if (wg == 0 && todo != 0u) {
+                const char* np = x + (first + (j0 + __ffs(todo) - 1) * stride) * row_stride_bytes;
 #if __CUDA_ARCH__ >= 900
-            if (lane == 0)
-                asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(np), "r"((unsigned)(nvec * 16)) : "memory");
+                if (lane == 0)
+                    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(np), "r"((unsigned)(nvec * 16)) : "memory");
 #else
-            for (int v = lane; v < nvec; v += 32) asm volatile("prefetch.global.L2 [%0];" :: "l"(np + 16 * v));
+                for (int v = lane; v < nvec; v += 32) asm volatile("prefetch.global.L2 [%0];" :: "l"(np + 16 * v));
 #endif
-        }
-        const uint4* rp = (const uint4*)(x + row * row_stride_bytes);
-        unsigned k[NW];
-        #pragma unroll
-        for (int u = 0; u < NV; ++u) {
-            const int v = u * (32 * W) + wg * 32 + lane;
-            uint4 q = make_uint4(0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu);   /* NaN keys */
-            if (v < nvec) q = load_streaming(rp + v);
-            k[4 * u + 0] = q.x & 0x7fff7fffu; k[4 * u + 1] = q.y & 0x7fff7fffu;
-            k[4 * u + 2] = q.z & 0x7fff7fffu; k[4 * u + 3] = q.w & 0x7fff7fffu;
-        }
-        const unsigned n = total(count_le<DT, NW>(k, INF), step++);   /* >= 1: the row has a non-NaN value */
-        const unsigned kth = (n - 1u) >> 1;
-        /* The median is the smallest key T in [lo, hi] with more than kth keys <= T; count(<= INF) = n > kth.
-           Tokens of one tensor have similar medians, so first try the 2 * BRACKET keys (a binade) around
-           this group's previous median: two counts, then 7 bisection steps instead of 15. */
-        unsigned lo = 0u, hi = INF;
-        if (prev <= INF) {
-            const unsigned ghi = min(prev + BRACKET - 1u, INF), glo = prev > BRACKET ? prev - BRACKET : 0u;
-            if (total(count_le<DT, NW>(k, ghi), step++) > kth) {
-                hi = ghi;
-                if (glo > 0u && total(count_le<DT, NW>(k, glo - 1u), step++) <= kth) lo = glo;
-            } else {
-                lo = ghi + 1u;
             }
+            const uint4* rp = (const uint4*)(x + row * row_stride_bytes);
+            unsigned k[NW];
+            #pragma unroll
+            for (int u = 0; u < NV; ++u) {
+                const int v = u * (32 * W) + wg * 32 + lane;
+                uint4 q = make_uint4(0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu);   /* NaN keys */
+                if (v < nvec) q = load_streaming(rp + v);
+                k[4 * u + 0] = q.x & 0x7fff7fffu; k[4 * u + 1] = q.y & 0x7fff7fffu;
+                k[4 * u + 2] = q.z & 0x7fff7fffu; k[4 * u + 3] = q.w & 0x7fff7fffu;
+            }
+            const unsigned n = total(count_le<DT, NW>(k, INF), step++);   /* >= 1: the row has a non-NaN value */
+            const unsigned kth = (n - 1u) >> 1;
+            /* The median is the smallest key T in [lo, hi] with more than kth keys <= T; count(<= INF) = n > kth.
+               Tokens of one tensor have similar medians, so first try the 2 * BRACKET keys (a binade) around
+               this group's previous median: two counts, then 7 bisection steps instead of 15. */
+            unsigned lo = 0u, hi = INF;
+            if (prev <= INF) {
+                const unsigned ghi = min(prev + BRACKET - 1u, INF), glo = prev > BRACKET ? prev - BRACKET : 0u;
+                if (total(count_le<DT, NW>(k, ghi), step++) > kth) {
+                    hi = ghi;
+                    if (glo > 0u && total(count_le<DT, NW>(k, glo - 1u), step++) <= kth) lo = glo;
+                } else {
+                    lo = ghi + 1u;
+                }
+            }
+            #pragma unroll 1
+            while (lo < hi) {
+                const unsigned mid = (lo + hi) >> 1;
+                if (total(count_le<DT, NW>(k, mid), step++) > kth) hi = mid;
+                else lo = mid + 1u;
+            }
+            const unsigned prefix = lo;
+            prev = lo;
+            if (wg == 0 && lane == 0) row_median[row] = half_value<DT>(prefix);
         }
-        #pragma unroll 1
-        while (lo < hi) {
-            const unsigned mid = (lo + hi) >> 1;
-            if (total(count_le<DT, NW>(k, mid), step++) > kth) hi = mid;
-            else lo = mid + 1u;
-        }
-        const unsigned prefix = lo;
-        prev = lo;
-        if (wg == 0 && lane == 0) row_median[row] = half_value<DT>(prefix);
     }
 }
 """
