@@ -29,8 +29,8 @@ squared and absolute sums are taken exactly (fp64) from the bins when a block fl
 signed sum runs on the tensor cores (one m16n8k16 MMA against a ones column per vector; exact products,
 fp32 accumulation folded into fp64 every chunk). fp16 and fp32 sum in fp32 per vector, fp64 beyond.
 Channel maxima live in shared memory as raw |x| bits (bf16/fp16: two channels per word, one 16-byte
-shared load and four packed compares per vector), seeded from the global maxima so an element only
-compares; a record takes an atomicMax or a compare-and-swap and marks its channel group, and only
+shared load and four packed compares per vector), seeded from the global maxima; a vector under its
+lane's least channel maximum skips them altogether; a record takes an atomicMax or a compare-and-swap and marks its channel group, and only
 marked groups are raised in global memory when the block ends. Per-warp partial results are combined
 in shared memory, so each block issues one set of global atomics.
 
@@ -62,10 +62,6 @@ _UNROLL = int(os.environ.get("MAXACT_CUDA_UNROLL", 2))
 _HIST_INC = int(os.environ.get("MAXACT_CUDA_HIST_INC", 0))
 # The basic update of a contiguous unmasked tensor reads flat tiles instead of rows (0 turns it off).
 _FLAT = int(os.environ.get("MAXACT_CUDA_FLAT", 1))
-# With channel maxima, each warp starts a row at its own chunk (1) so that a block's warps rarely race on
-# one shared maximum, or at chunk 0 (0): fewer registers; races matter little once the lanes' channel
-# floors make most vectors skip the update.
-_CH_ROTATE = int(os.environ.get("MAXACT_CUDA_CH_ROTATE", 1))
 # Visit rows last to first: the end of a tensor its producer just wrote is the part still in L2.
 _REVERSE = int(os.environ.get("MAXACT_CUDA_REVERSE", 1))
 # Shared bytes of the histogram window (WBINS + 8 words: dump slot, rare counts); channel maxima follow.
@@ -177,7 +173,7 @@ __device__ __forceinline__ void visit(float v, unsigned* sh, u64* ghist, Acc& a,
     const float x = __uint_as_float(ab);
     a.mn = fminf(a.mn, v);
     a.mx = fmaxf(a.mx, v);
-    /* the smaller channel wins a tie (chunks of a row are visited in rotated order); NaN never wins */
+    /* the smaller channel wins a tie, whatever order the vectors come in; NaN never wins */
     if (ROWS && (x > rmax || (x == rmax && ch < rarg))) { rmax = x; rarg = ch; }
     const float vf = ab < 0x7f800000u ? v : 0.f;      /* sums skip inf and NaN */
     const unsigned w = (ab >> 16) - WLO;
@@ -262,9 +258,10 @@ __device__ __forceinline__ void mma_sum_bf16(float c[4], const uint4 a) {
    (channel c in half c & 1 of word c >> 1), so the eight maxima of a 16-byte vector are one conflict-free
    16-byte shared load and four packed compares; for fp32 one word per channel. Bits of non-negative,
    non-NaN floats order like their values, so integer max is value max. The block starts from the global
-   maxima (rounded towards zero, so they never exceed the truth): almost every element then only
-   compares. A record takes an atomicMax (fp32) or a compare-and-swap of the packed word (16-bit; warps
-   of a block walk a row's chunks in staggered order, so they rarely race on one word). */
+   maxima (rounded towards zero, so they never exceed the truth), and each lane skips every vector whose
+   max |x| is at most the least of its channels' maxima (lane_channel_floor): once the maxima are
+   established almost no vector even compares. A record takes an atomicMax (fp32) or a compare-and-swap
+   of the packed word (16-bit). */
 
 /* Channel groups of 8 whose block maximum rose get a bit in a shared bitmap (CH_DIRTY_WORDS words before
    chw), so the end-of-block flush reads and raises only those: once the maxima settle, a block's flush
@@ -683,14 +680,13 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
         constexpr int CHUNK = 32 * UNROLL;
         const int cpr = (nvec + CHUNK - 1) / CHUNK;
         i64 row = next_valid((i64)blockIdx.x * nwarps + warp);
-        /* Each warp walks a row's chunks starting at its own chunk (rotating), so the warps of a block
-           are on different channels at any moment (fewer races on the shared channel maxima). c counts
-           the chunks of the current row, pc is the chunk (physical position) c loads. */
-        const int first = CH && MAXACT_CH_ROTATE ? warp % cpr : 0;
+        /* A lane visits the same vectors of every row, so its channel floor holds for the whole block. (Warps
+           used to start each row at their own chunk, to race less on shared maxima: with the floor almost
+           no vector races, and dropping the rotation took the channel maxima from 11.4 to 2.1 us of a
+           [16384, 4096] pass, scripts/gpu_check_cuda_hist.py on the H200: fewer registers and spills.) */
         if (CH) a.cht = lane_channel_floor<DT>(chw, lane, nvec);
-        int c = 0, pc = first;
+        int c = 0;   /* the chunk of the current row */
         /* the next load: its address (lane included) and how many vectors remain in its row from it */
-        const uint4* rowp = nullptr;
         const uint4* lp = nullptr;
         int lrem = 0;
         /* Loaded when a row starts and used when it ends, so that no row boundary waits on a dependent
@@ -699,9 +695,8 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
         unsigned mnext = 1u;
         i64 sid_cur = -1, sid_next = -1;
         auto start_row = [&](i64 r) {
-            rowp = (const uint4*)(x + phys(r) * row_stride_bytes) + lane;
-            lp = rowp + first * CHUNK;
-            lrem = nvec - lane - first * CHUNK;
+            lp = (const uint4*)(x + phys(r) * row_stride_bytes) + lane;
+            lrem = nvec - lane;
             if (mask != nullptr && r + step < n_rows) mnext = mask[phys(r + step)];
             if (ROWS && sample_ids != nullptr) sid_next = sample_ids[phys(r)];
         };
@@ -712,17 +707,14 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
             }
             lp += CHUNK;
             lrem -= CHUNK;
-            if (CH && MAXACT_CH_ROTATE && lrem <= -lane) { lp = rowp; lrem = nvec - lane; }   /* wrap to chunk 0 */
         };
         /* processes the chunk in cur (loaded for row/c as they are on entry), after putting the next
            chunk's loads in flight into nxt; false when there is no next chunk */
         auto step_chunk = [&](uint4 (&cur)[UNROLL], uint4 (&nxt)[UNROLL]) -> bool {
             const i64 cur_row = row;
-            const int cur_c = c, cur_pc = pc;
-            if (++pc == cpr) pc = 0;
+            const int cur_c = c;
             if (++c == cpr) {
                 c = 0;
-                pc = first;
                 sid_cur = sid_next;
                 row += step;
                 if (mnext == 0u) row = next_valid(row);
@@ -730,7 +722,7 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
             }
             const bool more = row < n_rows;
             if (more) load(nxt);
-            const int v0 = cur_pc * CHUNK + lane;
+            const int v0 = cur_c * CHUNK + lane;
             uint4 msum[UNROLL];   /* the fast-path vectors, summed by the whole warp on the tensor cores */
             #pragma unroll
             for (int u = 0; u < UNROLL; ++u) {
@@ -890,7 +882,7 @@ def available(device: torch.device | str | None = None) -> bool:
 
 def _source() -> str:
     return (f"#define MAXACT_MIN_BLOCKS {_BLOCKS_PER_SM}\n#define MAXACT_BLOCK {_BLOCK}\n"
-            f"#define MAXACT_HIST_INC {_HIST_INC}\n#define MAXACT_CH_ROTATE {_CH_ROTATE}\n" + _SOURCE)
+            f"#define MAXACT_HIST_INC {_HIST_INC}\n" + _SOURCE)
 
 
 def _compile(cc, source: str, arch: str, name: str, target: str = "cubin"):
