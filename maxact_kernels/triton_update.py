@@ -82,6 +82,29 @@ def use_cuda_hist(device: torch.device) -> bool:
     return fast
 
 
+@functools.lru_cache(maxsize=None)
+def _side_stream(device_index: int) -> tuple[torch.cuda.Stream, torch.cuda.Event, torch.cuda.Event]:
+    """A second stream of the device, with a fork and a join event (re-recorded by every update)."""
+    with torch.cuda.device(device_index):
+        return torch.cuda.Stream(), torch.cuda.Event(), torch.cuda.Event()
+
+
+def _fork(dev: torch.device) -> torch.cuda.Stream:
+    """The device's side stream, made to start after the work queued so far on the current stream."""
+    side, fork, _ = _side_stream(dev.index if dev.index is not None else torch.cuda.current_device())
+    fork.record(torch.cuda.current_stream(dev))
+    side.wait_event(fork)
+    return side
+
+
+def _join(dev: torch.device) -> None:
+    """The current stream waits for the side stream's work (no host sync): later work on it (the next
+    update, the freeing of x) stays ordered after the side work."""
+    side, _, join = _side_stream(dev.index if dev.index is not None else torch.cuda.current_device())
+    join.record(side)
+    torch.cuda.current_stream(dev).wait_event(join)
+
+
 @torch.no_grad()
 def update(
     state: StatsState,
@@ -141,6 +164,13 @@ def update(
                     rowkey=rowkey if need_rows else None,
                     sample_ids=sample_ids,
                 )
+        # The top-k and the token kernels are two chains of short, latency-bound launches that do not
+        # depend on each other: on the GPU top-k runs on a side stream, beside the token chain.
+        side = _fork(dev) if dev.type == "cuda" and cfg.topk and cfg.track_tokens else None
+        if cfg.topk:
+            state.topk_compactor = triton_topk.topk_compact
+            with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+                triton_topk.topk_update(x2d, rowkey, sample_ids, positions, state)
         if median_cuda:
             from . import cuda_median
 
@@ -152,6 +182,5 @@ def update(
         elif cfg.track_tokens:
             triton_tokens.tokens_update(x2d, mask_u8, sample_ids, positions, state,
                                         row_absmax if candidates else None)
-        if cfg.topk:
-            state.topk_compactor = triton_topk.topk_compact
-            triton_topk.topk_update(x2d, rowkey, sample_ids, positions, state)
+        if side is not None:
+            _join(dev)
