@@ -85,10 +85,29 @@ def _empty_best(K, KB: tl.constexpr):
 
 
 @triton.jit
-def _fold_partials(part_ptr, n_parts, K, KB: tl.constexpr, BLOCK: tl.constexpr):
-    """Top K of the ``n_parts`` int64 keys at ``part_ptr`` (padding -1)."""
+def _top(keys, K, KB: tl.constexpr):
+    """The K largest of ``keys`` (int64, unique except -1) as a fresh ``best`` (layout of ``_empty_best``).
+    Keys leave largest first, so the i-th taken goes to slot i: one reduction per step where ``_fold``,
+    which must find the least kept slot, takes three (these steps are the latency of every top-k kernel)."""
+    slots = tl.arange(0, KB)
     best = _empty_best(K, KB)
-    for b0 in range(0, n_parts, BLOCK):
+    m = reduce_max(keys, 0)
+    i = 0
+    while (m >= 0) & (i < K):
+        best = tl.where(slots == i, m, best)
+        keys = tl.where(keys == m, -1, keys)
+        m = reduce_max(keys, 0)
+        i += 1
+    return best
+
+
+@triton.jit
+def _fold_partials(part_ptr, n_parts, K, KB: tl.constexpr, BLOCK: tl.constexpr):
+    """Top K of the ``n_parts`` int64 keys at ``part_ptr`` (padding -1): ``_top`` of the first BLOCK,
+    folded with the rest (the launches size BLOCK so that there is rarely a rest)."""
+    offs = tl.arange(0, BLOCK)
+    best = _top(tl.load(part_ptr + offs, mask=offs < n_parts, other=-1), K, KB)
+    for b0 in range(BLOCK, n_parts, BLOCK):
         offs = b0 + tl.arange(0, BLOCK)
         keys = tl.load(part_ptr + offs, mask=offs < n_parts, other=-1)
         best = _fold(best, keys, K, KB)
@@ -103,7 +122,7 @@ def _topk_rows_kernel(rowkey_ptr, kept_abs_ptr, part_ptr, n_rows, K, KB: tl.cons
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     keys = tl.load(rowkey_ptr + offs, mask=offs < n_rows, other=-1)
     keys = tl.where(keys >= _threshold_key(kept_abs_ptr, K, KB), keys, -1)
-    best = _fold(_empty_best(K, KB), keys, K, KB)
+    best = _top(keys, K, KB)
     slots = tl.arange(0, KB)
     tl.store(part_ptr + pid * K + slots, best, mask=slots < K)
 
@@ -140,7 +159,7 @@ def _topk_elems_kernel(
     local = rank * n_cols + cols
     keys = tl.where(ok, (ab.to(tl.int64) << 32) | (0xFFFFFFFF - local), -1)
     keys = tl.where(keys >= _threshold_key(kept_abs_ptr, K, KB), keys, -1)
-    best = _fold(_empty_best(K, KB), keys, K, KB)
+    best = _top(keys, K, KB)
     tl.store(elem_part_ptr + (i * n_cblk + cb) * K + slots, best, mask=slots < K)
 
 

@@ -14,7 +14,7 @@ from tests.utils import DTYPES, make_values
 @pytest.fixture
 def tiny_blocks(triton_modules, monkeypatch):
     """Blocks narrower than the rows: several channel blocks per row, token rows read block by block
-    once per bisection step, single-row tiles, many programs."""
+    once per bisection step, single-row tiles, many programs, top-k partials folded tile by tile."""
     rows, tokens, topk = triton_modules
     monkeypatch.setattr(rows, "CPU_BLOCK_C", 16)
     monkeypatch.setattr(rows, "CPU_BLOCK_R", 1)
@@ -23,6 +23,7 @@ def tiny_blocks(triton_modules, monkeypatch):
     monkeypatch.setattr(tokens, "CPU_BLOCK_R", 1)
     monkeypatch.setattr(tokens, "CPU_PROGRAMS", 4)
     monkeypatch.setattr(topk, "CPU_BLOCK_C", 16)
+    monkeypatch.setattr(topk, "CAND_BLOCK", 16)
     return triton_modules
 
 
