@@ -19,8 +19,8 @@ the updates are cut).
 
 Records: each lane keeps its best row per record under (key desc, sample asc, position asc, row asc)
 with no reduction; each program reduces its lanes once and writes the result to a partials buffer;
-``_token_records_kernel`` (one program; in ``_tokens_rows_kernel`` the last program to finish) folds the
-partials into the state's records, ties keeping the earlier record. Bytes: reads the valid rows once when a row fits
+``_token_records_kernel`` (one program) folds the partials into
+the state's records, ties keeping the earlier record. Bytes: reads the valid rows once when a row fits
 one block (``ONE_BLOCK``), otherwise once per bisection step (wide rows); writes a few bytes per program.
 """
 
@@ -285,18 +285,13 @@ def _tokens_kernel(
 @triton.jit
 def _tokens_rows_kernel(
     row_absmax_ptr, row_argmax_ptr, row_med_ptr, sid_ptr, pos_ptr, params_ptr,
-    tok_counts_ptr, ratio_sums_ptr, part_f_ptr, part_i_ptr, rec_f_ptr, rec_i_ptr, done_ptr,
+    tok_counts_ptr, ratio_sums_ptr, part_f_ptr, part_i_ptr,
     n_rows,
     HAS_SIDS: tl.constexpr, HAS_POS: tl.constexpr, CANDIDATES: tl.constexpr, BLOCK: tl.constexpr,
-    BLOCK_P: tl.constexpr,
 ):
     """The criterion, counts and records from per-row max, argmax and median computed elsewhere (the fused
     CUDA pass and ``cuda_median``): ``row_absmax`` -1 = masked or no non-NaN value, ``row_med`` -1 = no
-    median taken (candidates). Same results as ``_tokens_kernel``, reading a few bytes per row.
-
-    The last program to finish folds every program's partial records into the state's (``done`` counts
-    finished programs and is reset to 0 by that program): one launch, not two, on the chain of short
-    kernels that ends an update."""
+    median taken (candidates). Same results as ``_tokens_kernel``, reading a few bytes per row."""
     pid = tl.program_id(0)
     n_prog = tl.num_programs(0)
     t_val = tl.load(params_ptr)
@@ -322,32 +317,19 @@ def _tokens_rows_kernel(
             HAS_SIDS, HAS_POS, CANDIDATES)
     _finish_tokens(tok_counts_ptr, ratio_sums_ptr, part_f_ptr, part_i_ptr, pid, n_tok, n_pass, r_sum, r_sq,
                    k0, s0, p0, r0, x0, m0, a0, k1, s1, p1, r1, x1, m1, a1, CANDIDATES)
-    # every thread's partial stores are done before the release; the acquire orders the last one's loads
-    tl.debug_barrier()
-    ticket = tl.atomic_add(done_ptr, 1, sem="acq_rel")
-    if ticket == n_prog - 1:
-        _fold_records(part_f_ptr, part_i_ptr, rec_f_ptr, rec_i_ptr, n_prog, BLOCK_P)
-        tl.store(done_ptr, 0)
 
 
 @triton.jit
 def _token_records_kernel(part_f_ptr, part_i_ptr, rec_f_ptr, rec_i_ptr, n_parts, BLOCK_P: tl.constexpr):
     """One program: fold the per-program partial records into the state's two records (ties keep the
     state's record, which came from an earlier update)."""
-    _fold_records(part_f_ptr, part_i_ptr, rec_f_ptr, rec_i_ptr, n_parts, BLOCK_P)
-
-
-@triton.jit
-def _fold_records(part_f_ptr, part_i_ptr, rec_f_ptr, rec_i_ptr, n_parts, BLOCK_P: tl.constexpr):
-    """The partial records of ``n_parts`` programs folded into the state's two records. Loads are ".cg"
-    (L2): in ``_tokens_rows_kernel`` other programs of the same launch wrote the partials."""
     p = tl.arange(0, BLOCK_P)
     pin = p < n_parts
     for rec in tl.static_range(2):
-        key = tl.load(part_f_ptr + p * 6 + rec * 3, mask=pin, other=-1.0, cache_modifier=".cg")
-        sid = tl.load(part_i_ptr + p * 8 + rec * 4 + 0, mask=pin, other=_I64_MAX, cache_modifier=".cg")
-        pos = tl.load(part_i_ptr + p * 8 + rec * 4 + 1, mask=pin, other=_I64_MAX, cache_modifier=".cg")
-        row = tl.load(part_i_ptr + p * 8 + rec * 4 + 3, mask=pin, other=_I64_MAX, cache_modifier=".cg")
+        key = tl.load(part_f_ptr + p * 6 + rec * 3, mask=pin, other=-1.0)
+        sid = tl.load(part_i_ptr + p * 8 + rec * 4 + 0, mask=pin, other=_I64_MAX)
+        pos = tl.load(part_i_ptr + p * 8 + rec * 4 + 1, mask=pin, other=_I64_MAX)
+        row = tl.load(part_i_ptr + p * 8 + rec * 4 + 3, mask=pin, other=_I64_MAX)
         m = reduce_max(key, axis=0)
         tie = pin & (key == m)
         s = reduce_min(tl.where(tie, sid, _I64_MAX), axis=0)
@@ -364,8 +346,8 @@ def _fold_records(part_f_ptr, part_i_ptr, rec_f_ptr, rec_i_ptr, n_parts, BLOCK_P
         wf = part_f_ptr + w * 6 + rec * 3
         wi = part_i_ptr + w * 8 + rec * 4
         for j in tl.static_range(3):
-            tl.store(rec_f_ptr + rec * 3 + j, tl.load(wf + j, cache_modifier=".cg"), mask=take)
-            tl.store(rec_i_ptr + rec * 3 + j, tl.load(wi + j, cache_modifier=".cg"), mask=take)
+            tl.store(rec_f_ptr + rec * 3 + j, tl.load(wf + j), mask=take)
+            tl.store(rec_i_ptr + rec * 3 + j, tl.load(wi + j), mask=take)
 
 
 @functools.lru_cache(maxsize=None)
@@ -456,9 +438,12 @@ def tokens_from_rows(
         sample_ids if sample_ids is not None else dummy,
         positions if positions is not None else dummy,
         state.sun_params, state.tok_counts, state.ratio_sums, part_f, part_i,
-        state.tok_rec_f, state.tok_rec_i, state.scratch("tok_done", 1, torch.int32, fill=0),
         n_rows,
         HAS_SIDS=sample_ids is not None, HAS_POS=positions is not None, CANDIDATES=candidates, BLOCK=block,
-        BLOCK_P=max(16, triton.next_power_of_2(programs)),
         num_warps=1,
+    )
+    _token_records_kernel[(1,)](
+        part_f, part_i, state.tok_rec_f, state.tok_rec_i, programs,
+        BLOCK_P=max(16, triton.next_power_of_2(programs)),
+        num_warps=1 if not row_absmax.is_cuda or programs <= 256 else 4,
     )
