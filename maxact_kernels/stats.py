@@ -169,6 +169,8 @@ class ActivationStats:
 
         ``mask``: bool per row (True = real token); ``sample_ids``, ``positions``: int per row
         (defaults: sample -1, position = row index within this update). No host synchronisation.
+        Work is queued on torch's current stream; with both ``topk`` and ``track_tokens`` on a GPU, the
+        top-k kernels run on a side stream that the current stream waits for before anything queued later.
         """
         x2d, mask, sample_ids, positions = self._prepare(x, mask, sample_ids, positions)
         if x2d.shape[0] == 0:
