@@ -10,6 +10,7 @@ python3 -c "import torch, triton, transformers; print(torch.__version__, triton.
 python3 -W ignore scripts/gpu_check_cuda_hist.py "$OUT" 2>&1 | grep -v "^INFO" | tee "$OUT/cuda_hist.log"
 python3 -m tests.kernels.gpu_checks 2>&1 | tee "$OUT/kernels_gpu.log" | tail -5
 python3 tests/scan/gpu_scan_checks.py 2>&1 | tee "$OUT/scan_gpu.log" | tail -5
+python3 -W ignore scripts/gpu_scan_backends.py "$OUT/scan_backends" 2>&1 | tee "$OUT/scan_backends.log"
 python3 -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tee "$OUT/gpu_tests.log" | tail -3
 python3 -m pytest -q -p no:cacheprovider benchmarks/ --benchmark-only -s 2>&1 | tee "$OUT/bench.log" | grep -E "tok/s|x bare|of copy|passed|failed"
 python3 scripts/profile_scan.py "$OUT" 2>&1 | tee "$OUT/profile.log" | grep -E "==|^  [a-z_]"
