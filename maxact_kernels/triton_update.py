@@ -6,7 +6,8 @@ row keys, per-sample maxima and per-channel maxima (the Triton rows kernel takes
 only of tensors too wide for its shared memory: see ``cuda_hist.channels_fit``); for bf16/fp16 rows
 ``cuda_median`` then takes each token's median |x| and a small Triton kernel the criterion and records. Without
 ``cuda-core`` (one warning) and on the CPU (Triton interpreter), the Triton rows kernel does all of it,
-its histogram by global atomics, and the Triton token kernel finds the medians. Top-k is Triton in both cases.
+its histogram by global atomics, and the Triton token kernel finds the medians. Top-k is Triton in both cases
+(on a GPU with tokens tracked too, on a side stream beside the token kernels).
 
 Imported lazily by :mod:`maxact_kernels._backend` (the interpreter is chosen at import time).
 """
