@@ -30,8 +30,8 @@ signed sum runs on the tensor cores (one m16n8k16 MMA against a ones column per 
 fp32 accumulation folded into fp64 every chunk). fp16 and fp32 sum in fp32 per vector, fp64 beyond.
 Channel maxima live in shared memory as raw |x| bits (bf16/fp16: two channels per word, one 16-byte
 shared load and four packed compares per vector), seeded from the global maxima; a vector under its
-lane's least channel maximum skips them altogether; a record takes an atomicMax or a compare-and-swap and marks its channel group, and only
-marked groups are raised in global memory when the block ends. Per-warp partial results are combined
+lane's least channel maximum skips them altogether. A record takes an atomicMax or a compare-and-swap
+and marks its channel group, and only marked groups are raised in global memory when the block ends. Per-warp partial results are combined
 in shared memory, so each block issues one set of global atomics.
 
 Semantics are those of ``maxact_kernels.reference`` (see DESIGN.md); the state tensors are the ones
