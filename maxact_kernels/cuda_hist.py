@@ -62,6 +62,11 @@ _UNROLL = int(os.environ.get("MAXACT_CUDA_UNROLL", 2))
 _HIST_INC = int(os.environ.get("MAXACT_CUDA_HIST_INC", 0))
 # The basic update of a contiguous unmasked tensor reads flat tiles instead of rows (0 turns it off).
 _FLAT = int(os.environ.get("MAXACT_CUDA_FLAT", 1))
+# Blocks flush the shared histogram window starting at different bins (0: all from bin 0).
+_STAGGER = int(os.environ.get("MAXACT_CUDA_STAGGER", 0))
+# So do masked, row and channel updates of contiguous 16-bit tensors whose rows hold a multiple of 256
+# elements, through row keys (0 turns it off).
+_FLAT_ROWS = int(os.environ.get("MAXACT_CUDA_FLAT_ROWS", 1))
 # Visit rows last to first: the end of a tensor its producer just wrote is the part still in L2.
 _REVERSE = int(os.environ.get("MAXACT_CUDA_REVERSE", 1))
 # Shared bytes of the histogram window (WBINS + 8 words: dump slot, rare counts); channel maxima follow.
@@ -97,6 +102,9 @@ typedef long long i64;
 
 #ifndef MAXACT_HIST_INC
 #define MAXACT_HIST_INC 0
+#endif
+#ifndef MAXACT_STAGGER
+#define MAXACT_STAGGER 0
 #endif
 
 /* Shared histogram increment. atomicAdd(p, 1) compiles to ATOMS.POPC.INC (lanes on one address are
@@ -542,9 +550,104 @@ __device__ __forceinline__ void finish_row(i64 row, int lane, float rmax, int ra
     }
 }
 
+/* ---- row maxima of the flat path (FLAT == 2) -----------------------------------------------------
+   There a warp's 32 vectors of one tile slot lie in one row (the row has a multiple of 32 vectors), but
+   the warps of a row may belong to several blocks. Each warp takes its part of the row's max |x| and first
+   channel attaining it as one 64-bit key, (epoch << 32) | (1 + |x| bits) << 16 | (0xffff - channel), and
+   raises the row's key in global memory with one atomic max: the larger |x| wins, then the smaller
+   channel. The epoch (one per launch, kept in row_work[0]) makes keys of earlier launches lose and read
+   as "no value", so the keys never need clearing. The last block to finish decodes every row's key into
+   the row outputs and takes the per-sample peaks. */
+
+/* 1 + the largest |x| bits of a 16-bit vector's non-NaN elements; 0 when all eight are NaN */
+template <int DT> __device__ __forceinline__ unsigned vec_key_value(const uint4& q) {
+    const unsigned wv[4] = {q.x, q.y, q.z, q.w};
+    unsigned aw[4];
+    #pragma unroll
+    for (int k = 0; k < 4; ++k) aw[k] = wv[k] & 0x7fff7fffu;
+    const unsigned vmax = umax16x2(umax16x2(aw[0], aw[1]), umax16x2(aw[2], aw[3]));
+    const unsigned hi = max(vmax & 0xffffu, vmax >> 16);
+    if (hi <= NanAbove<DT>::V) return hi + 1u;
+    unsigned best = 0u;                        /* a NaN among them: rare */
+    #pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        const unsigned ab = abits_of<DT>(wv[j >> 1], j & 1);
+        if (ab <= NanAbove<DT>::V) best = max(best, ab + 1u);
+    }
+    return best;
+}
+
+/* The warp's key of one tile slot (a segment of 32 vectors of one row, ch0 this lane's first channel)
+   into keys[row]. The whole warp must call it. */
+template <int DT>
+__device__ __forceinline__ void raise_row_key(const uint4& q, int ch0, int lane, u64* keys, unsigned row,
+                                              unsigned epoch) {
+    const unsigned m = vec_key_value<DT>(q);
+    const unsigned wm = __reduce_max_sync(0xffffffffu, m);
+    if (wm == 0u) return;                      /* every element NaN */
+    unsigned cand = 0xffffffffu;
+    if (m == wm) {                             /* the lanes holding the max: their first channel with it */
+        const unsigned wv[4] = {q.x, q.y, q.z, q.w};
+        #pragma unroll
+        for (int j = 7; j >= 0; --j) {
+            if (abits_of<DT>(wv[j >> 1], j & 1) + 1u == wm) cand = (unsigned)(ch0 + j);
+        }
+    }
+    const unsigned wc = __reduce_min_sync(0xffffffffu, cand);
+    if (lane == 0) atomicMax(keys + row, ((u64)epoch << 32) | (wm << 16) | (0xffffu - wc));
+}
+
+/* Decodes rows [0, n_rows) of keys (this launch's epoch) into the row outputs, as finish_row writes them,
+   and raises the per-sample peaks (one atomic per warp when its rows share a sample). Whole block. */
+template <int DT>
+__device__ void decode_row_keys(const u64* keys, unsigned epoch, i64 n_rows,
+                                float* row_absmax, int* row_argmax, i64* rowkey,
+                                const i64* sample_ids, float* sample_max, i64 n_samples, i64* sample_oor) {
+    constexpr int B = 4;                       /* rows a thread has in flight */
+    const int lane = threadIdx.x & 31;
+    for (i64 base = 0; base < n_rows; base += (i64)B * blockDim.x) {   /* block-uniform */
+        u64 k[B];
+        i64 sid[B];
+        #pragma unroll
+        for (int j = 0; j < B; ++j) {
+            const i64 r = base + (i64)j * blockDim.x + threadIdx.x;
+            k[j] = r < n_rows ? __ldcg(keys + r) : 0ull;
+            sid[j] = (sample_max != nullptr && r < n_rows) ? sample_ids[r] : (i64)-1;
+        }
+        #pragma unroll
+        for (int j = 0; j < B; ++j) {
+            const i64 r = base + (i64)j * blockDim.x + threadIdx.x;
+            const unsigned m = (unsigned)(k[j] >> 32) == epoch ? (unsigned)(k[j] >> 16) & 0xffffu : 0u;
+            float v = -1.f;
+            if (m != 0u) v = DT == 0 ? __uint_as_float((m - 1u) << 16) : half_to_float((unsigned short)(m - 1u));
+            if (r < n_rows) {
+                row_absmax[r] = v;
+                row_argmax[r] = m != 0u ? (int)(0xffffu - (unsigned)(k[j] & 0xffffu)) : -1;
+                rowkey[r] = m != 0u ? (((i64)__float_as_int(v)) << 32) | (i64)(0xffffffffu - (unsigned)r) : (i64)-1;
+            }
+            if (sample_max == nullptr) continue;
+            const bool ok = m != 0u;
+            const unsigned okm = __ballot_sync(0xffffffffu, ok);
+            if (okm == 0u) continue;
+            const int leader = __ffs(okm) - 1;
+            const i64 s0 = __shfl_sync(0xffffffffu, sid[j], leader);
+            if (__all_sync(0xffffffffu, !ok || sid[j] == s0)) {
+                const unsigned wbits = __reduce_max_sync(0xffffffffu, ok ? __float_as_uint(v) : 0u);
+                if (lane == leader) {
+                    if (s0 >= 0 && s0 < n_samples) atomicMax((int*)(sample_max + s0), (int)wbits);
+                    else atomicAdd((u64*)sample_oor, (u64)__popc(okm));
+                }
+            } else if (ok) {
+                if (sid[j] >= 0 && sid[j] < n_samples) atomicMax((int*)(sample_max + sid[j]), __float_as_int(v));
+                else atomicAdd((u64*)sample_oor, 1ull);
+            }
+        }
+    }
+}
+
 #define SH_HIST_WORDS (WBINS + 8)   /* window bins, the dump slot, the rare counts, padding to 16 bytes */
 
-template <int DT, bool VEC, bool ROWS, bool CH, int UNROLL, bool FLAT>
+template <int DT, bool VEC, bool ROWS, bool CH, int UNROLL, int FLAT>
 __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_stats(
     const char* __restrict__ x, i64 n_rows, i64 n_cols, i64 row_stride_bytes,
     const unsigned char* __restrict__ mask,           /* [n_rows] or null */
@@ -556,8 +659,10 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
     const i64* __restrict__ sample_ids,                /* [n_rows] or null */
     float* __restrict__ sample_max, i64 n_samples, i64* __restrict__ sample_oor,
     float* __restrict__ channel_max,                   /* [n_cols] when CH */
+    i64* __restrict__ row_work,                        /* FLAT == 2 with ROWS: epoch, ticket, [n_rows] keys */
     int reverse)                                       /* visit rows last to first (hot in L2 first) */
 {
+    static_assert(FLAT != 2 || DT != 2, "the row keys of the flat path hold 16-bit |x|");
     extern __shared__ __align__(16) unsigned smem[];
     unsigned* sh = smem;                               /* [SH_HIST_WORDS] */
     unsigned* chw = sh + SH_HIST_WORDS + CH_DIRTY_WORDS;     /* channel maxima (CH), after their bitmap */
@@ -610,13 +715,17 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
     float rmax = -1.f;
     int rarg = -1;
     if (FLAT) {
-        /* The basic update of a contiguous tensor without a mask (no row outputs, no channel maxima): rows
-           do not matter, so each block reads tiles of blockDim x UNROLL vectors, all its threads side by
-           side. That read pattern measured 0.87-0.90 of copy where warp-per-row measured 0.82
+        /* Flat tiles: each block reads tiles of blockDim x UNROLL vectors, all its threads side by side.
+           That read pattern measured 0.87-0.90 of copy where warp-per-row measured 0.82
            (scripts/gpu_read_ceiling.py, H200). Whole rounds of tiles go round-robin to the blocks
            (interleaved: measured faster than a contiguous range per block), through a register double
            buffer with no bounds tests; what is left after the last whole round, less than a tile per block,
-           is split evenly, so that no block is a tile behind the others at the end. */
+           is split evenly, so that no block is a tile behind the others at the end.
+           FLAT == 1, the basic update of a contiguous unmasked tensor, ignores rows. FLAT == 2 (a row mask,
+           row maxima or channel maxima) needs a row a multiple of 32 vectors, so that the 32 vectors of a
+           warp in one tile slot lie in one row: each thread follows its slots' (row, first vector of the
+           warp in the row) from tile to tile by adding the block's stride, with no division in the loop. */
+        constexpr bool SEG = FLAT == 2;
         const i64 nvec = n_rows * n_cols / PV;
         const int bd = blockDim.x;
         const i64 tile = (i64)bd * UNROLL;
@@ -628,49 +737,119 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
            32-bit count keep 64-bit index arithmetic out of the loop */
         const i64 step = reverse ? -(i64)gridDim.x * tile : (i64)gridDim.x * tile;
         const uint4* xv = (const uint4*)x + threadIdx.x;
-        const uint4* p = xv + m0 + (reverse ? (i64)ntiles - 1 - blockIdx.x : (i64)blockIdx.x) * tile;
-        auto load = [&](uint4 (&q)[UNROLL]) {
+        const i64 first = m0 + (reverse ? (i64)ntiles - 1 - blockIdx.x : (i64)blockIdx.x) * tile;
+        const uint4* p = xv + first;
+        /* SEG: the row and the warp's first vector in it of each slot, for the next eat; a load is one step
+           ahead of it (but the first) */
+        const unsigned rvec = (unsigned)(n_cols / PV);
+        const unsigned wofs = threadIdx.x & ~31u;
+        u64* keys = (u64*)row_work + 2;
+        const unsigned epoch = (SEG && ROWS) ? (unsigned)__ldcg(row_work) + 1u : 0u;
+        unsigned erow[UNROLL], ecol[UNROLL];
+        unsigned dr = 0u, dc = 0u;
+        if (SEG) {
+            const i64 astep = (i64)gridDim.x * tile;
+            dr = (unsigned)(astep / rvec);
+            dc = (unsigned)(astep % rvec);
+            #pragma unroll
+            for (int u = 0; u < UNROLL; ++u) {
+                const i64 v = blockIdx.x < ntiles ? first + u * bd + wofs : 0;
+                erow[u] = (unsigned)(v / rvec);
+                ecol[u] = (unsigned)(v % rvec);
+            }
+            /* the least shared maximum over all channels: a lower bound for every vector of the block */
+            if (CH) a.cht = __reduce_min_sync(0xffffffffu, lane_channel_floor<DT>(chw, lane, (int)rvec));
+        }
+        auto advance = [&](unsigned (&r)[UNROLL], unsigned (&c)[UNROLL]) {
+            #pragma unroll
+            for (int u = 0; u < UNROLL; ++u) {
+                if (!reverse) {
+                    c[u] += dc; r[u] += dr;
+                    if (c[u] >= rvec) { c[u] -= rvec; ++r[u]; }
+                } else if (c[u] >= dc) {
+                    c[u] -= dc; r[u] -= dr;
+                } else {
+                    c[u] += rvec - dc; r[u] -= dr + 1u;
+                }
+            }
+        };
+        /* SEG: one slot's vector (row and wc as above; valid is warp-uniform: a masked row, or out of range) */
+        auto seg_vec = [&](uint4& q, unsigned row, unsigned wc, bool valid) {
+            if (!valid) { q = make_uint4(0u, 0u, 0u, 0u); return; }   /* the MMA then adds nothing */
+            const int ch0 = (int)(wc + lane) * PV;
+            if (ROWS) raise_row_key<DT>(q, ch0, lane, keys, row, epoch);
+            process_vec<DT, false, CH>(q, ch0, sh, hist, chw, a, pmn, pmx, rmax, rarg);
+            a.n += PV;
+        };
+        /* the row one step after (row, col) */
+        auto row_ahead = [&](unsigned r, unsigned c) -> unsigned {
+            return reverse ? r - dr - (c < dc ? 1u : 0u) : r + dr + (c + dc >= rvec ? 1u : 0u);
+        };
+        /* the mask bytes of a load's rows travel with it, as bit u of mk; ahead: the load is a step ahead
+           of the eat cursor */
+        auto load = [&](uint4 (&q)[UNROLL], unsigned& mk, bool ahead) {
             #pragma unroll
             for (int u = 0; u < UNROLL; ++u) q[u] = load_streaming(p + u * bd);
             p += step;
+            if (SEG && mask != nullptr) {
+                mk = 0u;
+                #pragma unroll
+                for (int u = 0; u < UNROLL; ++u) {
+                    const unsigned r = ahead ? row_ahead(erow[u], ecol[u]) : erow[u];
+                    mk |= mask[r] != 0 ? 1u << u : 0u;
+                }
+            }
         };
-        auto eat = [&](uint4 (&q)[UNROLL]) {
+        auto eat = [&](uint4 (&q)[UNROLL], unsigned mk) {
             #pragma unroll
-            for (int u = 0; u < UNROLL; ++u) process_vec<DT, false, false>(q[u], 0, sh, hist, chw, a, pmn, pmx, rmax, rarg);
+            for (int u = 0; u < UNROLL; ++u) {
+                if (SEG) seg_vec(q[u], erow[u], ecol[u], (mk >> u) & 1u);
+                else process_vec<DT, false, false>(q[u], 0, sh, hist, chw, a, pmn, pmx, rmax, rarg);
+            }
+            if (SEG) advance(erow, ecol);
             if (DT == 0) mma_fold<UNROLL>(a, q);
         };
         uint4 qa[UNROLL], qb[UNROLL];
+        unsigned mka = ~0u, mkb = ~0u;   /* every row valid unless a mask says otherwise */
         unsigned k = blockIdx.x;   /* 2^32 tiles would be over 2^42 elements */
         if (k < ntiles) {
-            load(qa);
+            load(qa, mka, false);
             for (;;) {
                 k += gridDim.x;
                 bool more = k < ntiles;
-                if (more) load(qb);
-                eat(qa);
+                if (more) load(qb, mkb, true);
+                eat(qa, mka);
                 if (!more) break;
                 k += gridDim.x;
                 more = k < ntiles;
-                if (more) load(qa);
-                eat(qb);
+                if (more) load(qa, mka, true);
+                eat(qb, mkb);
                 if (!more) break;
             }
         }
-        /* this block's share of the rest, whole multiples of 8 vectors, with bounds tests */
-        const i64 lo = r0 + ((rem * blockIdx.x / gridDim.x) & ~7LL);
-        const i64 hi = blockIdx.x + 1 == gridDim.x ? r0 + rem : r0 + ((rem * (blockIdx.x + 1) / gridDim.x) & ~7LL);
+        /* this block's share of the rest, whole multiples of 8 vectors (SEG: 32, whole warp slots), with
+           bounds tests */
+        constexpr i64 ALIGN = SEG ? 31 : 7;
+        const i64 lo = r0 + ((rem * blockIdx.x / gridDim.x) & ~ALIGN);
+        const i64 hi = blockIdx.x + 1 == gridDim.x ? r0 + rem : r0 + ((rem * (blockIdx.x + 1) / gridDim.x) & ~ALIGN);
         for (i64 base = lo; base < hi; base += tile) {   /* block-uniform: the MMA needs whole warps */
             #pragma unroll
             for (int u = 0; u < UNROLL; ++u) {
                 qa[u] = make_uint4(0u, 0u, 0u, 0u);
-                if (base + u * bd + threadIdx.x < hi) {
+                if (SEG) {
+                    const i64 ws = base + u * bd + wofs;      /* the warp's slot: all in range, or none */
+                    const unsigned row = (unsigned)(ws / rvec);
+                    const bool valid = ws < hi && (mask == nullptr || mask[row] != 0);
+                    if (valid) qa[u] = load_streaming(xv + base + u * bd);
+                    seg_vec(qa[u], row, (unsigned)(ws % rvec), valid);
+                } else if (base + u * bd + threadIdx.x < hi) {
                     qa[u] = load_streaming(xv + base + u * bd);
                     process_vec<DT, false, false>(qa[u], 0, sh, hist, chw, a, pmn, pmx, rmax, rarg);
                 }
             }
             if (DT == 0) mma_fold<UNROLL>(a, qa);
         }
-        if (blockIdx.x == 0 && threadIdx.x == 0) atomicAdd((u64*)counts, (u64)(n_rows * n_cols));
+        if (!SEG && blockIdx.x == 0 && threadIdx.x == 0) atomicAdd((u64*)counts, (u64)(n_rows * n_cols));
     } else if (VEC) {
         /* Software-pipelined over (row, chunk): the next chunk's UNROLL 16-byte loads, possibly of the
            warp's next row, are in flight while the current chunk is processed, so short rows (1-4K
@@ -775,7 +954,10 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
     __syncthreads();   /* every shared atomic has landed */
     /* flush the window; for bf16 also its exact squared and absolute sums (bin value = the element), which
        join the thread's own sums before the reductions below */
-    for (int i = threadIdx.x; i < WBINS; i += blockDim.x) {
+    for (int j = threadIdx.x; j < WBINS; j += blockDim.x) {
+        /* MAXACT_STAGGER: blocks start their flush at different bins, so that the blocks finishing
+           together do not queue on the same global addresses */
+        const int i = MAXACT_STAGGER ? (j + (int)blockIdx.x * 64) & (WBINS - 1) : j;
         const unsigned c = sh[i];
         if (c) {
             atomicAdd(hist + WLO + i, (u64)c);
@@ -813,7 +995,7 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
             s += part_d[0][w]; s2 += part_d[1][w]; sa += part_d[2][w];
             mnk = min(mnk, part_u[0][w]); mxk = max(mxk, part_u[1][w]); n += part_u[2][w];
         }
-        if (n > 0u || FLAT) {   /* FLAT: block 0 counted every element */
+        if (n > 0u || FLAT == 1) {   /* FLAT == 1: block 0 counted every element */
             if (n > 0u) atomicAdd((u64*)counts + 0, (u64)n);   /* NaN included: taken off below */
             atomicAdd(sums + 0, s);
             if (s2 != 0.0 || sa != 0.0) { atomicAdd(sums + 1, s2); atomicAdd(sums + 2, sa); }
@@ -836,6 +1018,20 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
             else if (DT == 0) v = __uint_as_float(bits << 16);
             else v = half_to_float((unsigned short)bits);
             if (v > *(volatile float*)(channel_max + c)) atomicMax((int*)(channel_max + c), __float_as_int(v));
+        }
+    }
+    if (FLAT == 2 && ROWS) {   /* the last block to finish decodes the row keys (every block's are in) */
+        __shared__ unsigned last;
+        __threadfence();
+        __syncthreads();
+        if (threadIdx.x == 0) last = atomicAdd((unsigned*)(row_work + 1), 1u) == gridDim.x - 1;
+        __syncthreads();
+        if (last) {
+            __threadfence();
+            const unsigned epoch = (unsigned)__ldcg(row_work) + 1u;
+            decode_row_keys<DT>((const u64*)row_work + 2, epoch, n_rows, row_absmax, row_argmax, rowkey,
+                                sample_ids, sample_max, n_samples, sample_oor);
+            if (threadIdx.x == 0) { row_work[0] = (i64)epoch; row_work[1] = 0; }
         }
     }
 }
@@ -882,7 +1078,7 @@ def available(device: torch.device | str | None = None) -> bool:
 
 def _source() -> str:
     return (f"#define MAXACT_MIN_BLOCKS {_BLOCKS_PER_SM}\n#define MAXACT_BLOCK {_BLOCK}\n"
-            f"#define MAXACT_HIST_INC {_HIST_INC}\n" + _SOURCE)
+            f"#define MAXACT_HIST_INC {_HIST_INC}\n#define MAXACT_STAGGER {_STAGGER}\n" + _SOURCE)
 
 
 def _compile(cc, source: str, arch: str, name: str, target: str = "cubin"):
@@ -892,13 +1088,14 @@ def _compile(cc, source: str, arch: str, name: str, target: str = "cubin"):
     return prog.compile(target, name_expressions=(name,))
 
 
-def kernel_name(dtype_code: int, vec: bool, rows: bool, channels: bool, flat: bool = False) -> str:
+def kernel_name(dtype_code: int, vec: bool, rows: bool, channels: bool, flat: int = 0) -> str:
+    """``flat``: 0 rows (a warp per row), 1 flat tiles ignoring rows, 2 flat tiles with rows."""
     b = lambda f: "true" if f else "false"  # noqa: E731
-    return f"maxact_fused_stats<{dtype_code}, {b(vec)}, {b(rows)}, {b(channels)}, {_UNROLL}, {b(flat)}>"
+    return f"maxact_fused_stats<{dtype_code}, {b(vec)}, {b(rows)}, {b(channels)}, {_UNROLL}, {int(flat)}>"
 
 
 @functools.lru_cache(maxsize=None)
-def _kernel(device_index: int, dtype_code: int, vec: bool, rows: bool, channels: bool, flat: bool = False):
+def _kernel(device_index: int, dtype_code: int, vec: bool, rows: bool, channels: bool, flat: int = 0):
     cc = _cuda_core()
     dev = cc.Device(device_index)
     dev.set_current()
@@ -952,6 +1149,7 @@ def fused_stats(
     sample_abs_max: torch.Tensor | None = None,
     sample_oor: torch.Tensor | None = None,
     channel_abs_max: torch.Tensor | None = None,
+    row_work: torch.Tensor | None = None,
 ) -> None:
     """Accumulate one [rows, channels] tensor into the state tensors, on torch's current stream.
 
@@ -962,6 +1160,8 @@ def fused_stats(
     ``sample_abs_max`` (float32[N], values >= 0) takes an atomic max per row at ``sample_ids[row]``;
     ids outside [0, N) are counted in ``sample_oor``. ``channel_abs_max`` (float32[C], values >= 0)
     takes the per-channel max |x| (only when :func:`channels_fit`).
+    ``row_work`` (int64, at least rows + 2 elements, zeros when new and left to this function afterwards)
+    lets the row outputs come from the faster flat layout; without it they come from the rows layout.
     """
     if x2d.dim() != 2:
         raise ValueError(f"fused_stats expects a 2-D [rows, channels] tensor, got shape {tuple(x2d.shape)}")
@@ -997,8 +1197,7 @@ def fused_stats(
     if channels and not channels_fit(n_cols, x2d.dtype):
         raise ValueError(f"{n_cols} channels of {x2d.dtype} do not fit the fused kernel's shared memory")
     dev_index = x2d.device.index if x2d.device.index is not None else torch.cuda.current_device()
-    # the basic update of a whole contiguous tensor reads it flat, ignoring rows (the faster read pattern)
-    flat = _FLAT and vec and not rows and not channels and row_mask is None and x2d.stride(0) == n_cols
+    flat = _flat_layout(x2d, vec, rows, channels, row_mask is not None, row_work)
     kernel = _kernel(dev_index, _DTYPE_CODE[x2d.dtype], vec, rows, channels, flat)
     shmem = _SH_HIST_BYTES + (_CH_DIRTY_BYTES + _channel_bytes(n_cols, x2d.dtype) if channels else 0)
     _allow_shared(kernel, dev_index, shmem)
@@ -1021,8 +1220,29 @@ def fused_stats(
         p(_ptr(sample_ids)),
         p(_ptr(sample_abs_max)), np.int64(0 if sample_abs_max is None else sample_abs_max.numel()),
         p(_ptr(sample_oor)),
-        p(_ptr(channel_abs_max)), np.int32(_REVERSE),
+        p(_ptr(channel_abs_max)), p(_ptr(row_work) if flat == 2 and rows else 0), np.int32(_REVERSE),
     )
+
+
+def _flat_layout(x2d: torch.Tensor, vec: bool, rows: bool, channels: bool, masked: bool,
+                 row_work: torch.Tensor | None) -> int:
+    """The kernel's layout: 1 flat tiles ignoring rows (the basic update of a whole contiguous tensor),
+    2 flat tiles that follow rows (a warp's 32 vectors of a tile slot in one row: 16-bit values, rows of a
+    multiple of 256 elements, channels numbered in 16 bits), 0 a warp per row (everything else). Flat
+    tiles are the faster read pattern."""
+    n_rows, n_cols = x2d.shape
+    if not (_FLAT and vec and x2d.stride(0) == n_cols):
+        return 0
+    if not (rows or channels or masked):
+        return 1
+    if not _FLAT_ROWS or x2d.dtype == torch.float32 or n_cols % 256 or n_cols > 65536:
+        return 0
+    if rows:
+        if row_work is None:
+            return 0
+        if row_work.dtype != torch.int64 or row_work.numel() < n_rows + 2 or not row_work.is_contiguous():
+            raise ValueError("row_work must be a contiguous int64 tensor of at least rows + 2 elements")
+    return 2
 
 
 def _channel_bytes(n_cols: int, dtype: torch.dtype) -> int:

@@ -1,6 +1,7 @@
 """Device check of the CUDA C++ fused statistics kernel: exactness against float64 torch, then speed
 against a device-to-device copy measured in the same run.
-Usage: python scripts/gpu_check_cuda_hist.py [OUT_DIR [VARIANT,...|none]] (variants: see VARIANTS below)"""
+Usage: python scripts/gpu_check_cuda_hist.py [OUT_DIR [VARIANT,...|none]] (variants: see VARIANTS below; the
+exactness cases run for the first variant, or for each with CHECK_EVERY_VARIANT=1)"""
 
 import json
 import logging
@@ -47,6 +48,7 @@ def state(n_rows, n_cols=1, n_samples=64):
         sample_abs_max=torch.zeros(n_samples, device=dev),
         sample_oor=torch.zeros(1, dtype=torch.int64, device=dev),
         channel_abs_max=torch.zeros(n_cols, device=dev),
+        row_work=torch.zeros(n_rows + 2, dtype=torch.int64, device=dev),
     )
 
 
@@ -65,7 +67,9 @@ def expected(x2d, mask, sample_ids, n_samples):
     rmax = torch.where(valid, rmax, torch.full_like(rmax, -1.0))
     smax = torch.zeros(n_samples, device=dev)
     ok = valid & (rmax >= 0)
-    smax.scatter_reduce_(0, sample_ids[ok], rmax[ok], reduce="amax")
+    inside = (sample_ids >= 0) & (sample_ids < n_samples)
+    smax.scatter_reduce_(0, sample_ids[ok & inside], rmax[ok & inside], reduce="amax")
+    oor = int((ok & ~inside).sum())
     cmax = torch.where(torch.isnan(xf) | ~valid[:, None], 0.0, xf.abs()).amax(dim=0) if xf.shape[0] else None
     return dict(
         cmax=cmax,
@@ -73,7 +77,7 @@ def expected(x2d, mask, sample_ids, n_samples):
         sums=[d.sum().item(), (d * d).sum().item(), d.abs().sum().item()],
         minmax=[(vv.min() + 0.0).item() if vv.numel() else float("inf"), (vv.max() + 0.0).item() if vv.numel() else -float("inf")],
         hist=torch.bincount(bins, minlength=32768),
-        rmax=rmax, rarg=torch.where(rmax >= 0, rarg, torch.full_like(rarg, -1)), smax=smax,
+        rmax=rmax, rarg=torch.where(rmax >= 0, rarg, torch.full_like(rarg, -1)), smax=smax, oor=oor,
     )
 
 
@@ -86,7 +90,8 @@ def check(shape, dtype, masked, noncontig=False, specials=True, wide=True, basic
     x2d = x
     n = x2d.shape[0]
     mask = (torch.rand(n, device=dev) > 0.3) if masked else None
-    sids = torch.randint(0, 64, (n,), device=dev)
+    # runs of 37 rows (a warp's rows mostly share a sample), some ids outside [0, 64)
+    sids = (torch.arange(n, device=dev) // 37) % 70 - 3
     st = state(n, x2d.shape[1])
     # a prior channel max (some channels above this tensor's maxima) exercises the shared start values;
     # non-zero everywhere half the time, so that lanes' channel floors are too and most vectors skip the check
@@ -95,21 +100,48 @@ def check(shape, dtype, masked, noncontig=False, specials=True, wide=True, basic
     if (shape[0] + c) % 2:
         prior = torch.where(torch.rand(c, device=dev) > 0.5, prior, 0.0)
     st["channel_abs_max"].copy_(prior)
-    fit = ch.channels_fit(x2d.shape[1], x2d.dtype) and not basic
+    fit_ch = ch.channels_fit(x2d.shape[1], x2d.dtype)
+    fit = fit_ch and not basic
     e = expected(x2d, mask, sids, 64)
     if basic:
-        ch.fused_stats(x2d, mask, st["counts"], st["sums"], st["minmax"], st["abs_hist"])
-        return compare(st, e)
+        ch.fused_stats(x2d, mask, st["counts"], st["sums"], st["minmax"], st["abs_hist"],
+                       channel_abs_max=st["channel_abs_max"] if basic == "channels" and fit_ch else None)
+        errs = compare(st, e)
+        if basic == "channels" and fit_ch and not torch.equal(st["channel_abs_max"], torch.maximum(prior, e["cmax"])):
+            errs.append("channel_abs_max (no rows)")
+        return errs
     ch.fused_stats(x2d, mask, st["counts"], st["sums"], st["minmax"], st["abs_hist"],
                    row_absmax=st["row_absmax"], row_argmax=st["row_argmax"], rowkey=st["rowkey"],
                    sample_ids=sids, sample_abs_max=st["sample_abs_max"], sample_oor=st["sample_oor"],
-                   channel_abs_max=st["channel_abs_max"] if fit else None)
+                   channel_abs_max=st["channel_abs_max"] if fit else None, row_work=st["row_work"])
     errs = compare(st, e)
     if fit and not torch.equal(st["channel_abs_max"], torch.maximum(prior, e["cmax"])):
         errs.append(f"channel_abs_max differs in {(st['channel_abs_max'] != torch.maximum(prior, e['cmax'])).sum().item()}")
     if not torch.equal(st["row_absmax"], e["rmax"]): errs.append("row_absmax")
     if not torch.equal(st["row_argmax"].long(), e["rarg"]): errs.append("row_argmax")
     if not torch.equal(st["sample_abs_max"], e["smax"]): errs.append("sample_abs_max")
+    if int(st["sample_oor"]) != e["oor"]: errs.append(f"sample_oor {int(st['sample_oor'])} vs {e['oor']}")
+    return errs
+
+
+def check_repeat(shape, dtype):
+    """Row outputs of a second update on the same ``row_work`` (the flat path's keys of the first update
+    are larger and cover rows the second masks out): they must be the second update's alone."""
+    n = shape[0]
+    st = state(n, shape[1])
+    sids = torch.randint(0, 64, (n,), device=dev)
+    errs = []
+    for i, scale in enumerate((100.0, 1.0)):
+        x = (make(shape, dtype, specials=i == 1) .float() * scale).to(dtype)
+        mask = (torch.rand(n, device=dev) > 0.3) if i else None
+        row_kw = dict(row_absmax=st["row_absmax"], row_argmax=st["row_argmax"], rowkey=st["rowkey"],
+                      sample_ids=sids, sample_abs_max=st["sample_abs_max"], sample_oor=st["sample_oor"],
+                      row_work=st["row_work"])
+        ch.fused_stats(x, mask, st["counts"], st["sums"], st["minmax"], st["abs_hist"], **row_kw)
+    e = expected(x, mask, sids, 64)
+    if not torch.equal(st["row_absmax"], e["rmax"]): errs.append("row_absmax")
+    if not torch.equal(st["row_argmax"].long(), e["rarg"]): errs.append("row_argmax")
+    if int(st["row_work"][1]) != 0: errs.append("ticket not reset")
     return errs
 
 
@@ -130,7 +162,8 @@ results = {"device": torch.cuda.get_device_name(), "checks": {}, "timing": {}}
 
 def run_checks(label):
     checks = {}
-    for shape in [(1, 1), (5, 123), (7, 8), (1823, 781), (300, 4096), (64, 12288), (2, 1000008), (4099, 24)]:
+    for shape in [(1, 1), (5, 123), (7, 8), (1823, 781), (300, 4096), (64, 12288), (2, 1000008), (4099, 24),
+                  (2000, 2048), (1537, 768)]:
         for dtype in (torch.bfloat16, torch.float16, torch.float32):
             for masked in (False, True):
                 cases = [(False, True, True), (True, True, True), (False, False, True), (False, False, False),
@@ -142,12 +175,20 @@ def run_checks(label):
                     except Exception as exc:  # report every failure, keep checking the others
                         errs = [f"{type(exc).__name__}: {exc}"]
                     checks[key] = errs
-                    if not masked and not nc:   # the same input as a basic update
-                        try:
-                            errs = check(shape, dtype, masked, nc, sp, wide, basic=True)
-                        except Exception as exc:
-                            errs = [f"{type(exc).__name__}: {exc}"]
-                        checks[key + " basic"] = errs
+                    if not nc:   # the same input as a basic update
+                        for basic in (True, "channels"):
+                            try:
+                                errs = check(shape, dtype, masked, nc, sp, wide, basic=basic)
+                            except Exception as exc:
+                                errs = [f"{type(exc).__name__}: {exc}"]
+                            checks[key + (" basic" if basic is True else " channels only")] = errs
+    for shape in [(300, 4096), (2000, 2048), (1537, 768), (9, 12288)]:
+        for dtype in (torch.bfloat16, torch.float16, torch.float32):
+            key = f"{shape} {str(dtype)[6:]} two updates on one row_work"
+            try:
+                checks[key] = check_repeat(shape, dtype)
+            except Exception as exc:
+                checks[key] = [f"{type(exc).__name__}: {exc}"]
     bad = {k: v for k, v in checks.items() if v}
     print(f"{label}: exactness {len(checks) - len(bad)} / {len(checks)} cases pass", flush=True)
     for k, v in list(bad.items())[:20]:
@@ -173,26 +214,29 @@ def time_shapes(label):
         st = state(shape[0], shape[1])
         t_basic = bench(lambda: ch.fused_stats(nxt(), None, st["counts"], st["sums"], st["minmax"], st["abs_hist"]))
         mask = torch.ones(shape[0], dtype=torch.bool, device=dev)
-        sids = torch.randint(0, 64, (shape[0],), device=dev)
+        t_mbasic = bench(lambda: ch.fused_stats(nxt(), mask, st["counts"], st["sums"], st["minmax"], st["abs_hist"]))
+        sids = torch.arange(shape[0], device=dev) // 4096 % 64      # samples of 4096 tokens
         rows_kw = dict(row_absmax=st["row_absmax"], row_argmax=st["row_argmax"], rowkey=st["rowkey"],
-                       sample_ids=sids, sample_abs_max=st["sample_abs_max"], sample_oor=st["sample_oor"])
+                       sample_ids=sids, sample_abs_max=st["sample_abs_max"], sample_oor=st["sample_oor"],
+                       row_work=st["row_work"])
         t_rows = bench(lambda: ch.fused_stats(nxt(), mask, st["counts"], st["sums"], st["minmax"], st["abs_hist"], **rows_kw))
         t_full = bench(lambda: ch.fused_stats(nxt(), mask, st["counts"], st["sums"], st["minmax"], st["abs_hist"],
                                               channel_abs_max=st["channel_abs_max"], **rows_kw))
         t_amax = bench(lambda: nxt().abs().amax())
         read_bw = lambda t: nbytes / t / 1e9
         row = {"copy_ms": t_copy, "copy_TBps_rw": copy_bw, "basic_ms": t_basic, "rows_ms": t_rows, "full_ms": t_full,
-               "basic_frac_of_copy": read_bw(t_basic) / copy_bw, "rows_frac_of_copy": read_bw(t_rows) / copy_bw,
+               "basic_frac_of_copy": read_bw(t_basic) / copy_bw, "masked_basic_ms": t_mbasic,
+               "masked_basic_frac_of_copy": read_bw(t_mbasic) / copy_bw, "rows_frac_of_copy": read_bw(t_rows) / copy_bw,
                "full_frac_of_copy": read_bw(t_full) / copy_bw}
         results["timing"][f"{label} {shape}"] = row
         print(f"{label:10s} {str(shape):15s} copy {t_copy*1e3:7.1f} us ({copy_bw:.2f} TB/s) | basic {t_basic*1e3:7.1f} us "
-              f"{row['basic_frac_of_copy']:.3f} | +rows/samples {t_rows*1e3:7.1f} {row['rows_frac_of_copy']:.3f} | "
+              f"{row['basic_frac_of_copy']:.3f} | masked {t_mbasic*1e3:7.1f} {row['masked_basic_frac_of_copy']:.3f} | +rows/samples {t_rows*1e3:7.1f} {row['rows_frac_of_copy']:.3f} | "
               f"+channels {t_full*1e3:7.1f} {row['full_frac_of_copy']:.3f} | torch abs().amax {t_amax*1e3:7.1f}", flush=True)
 
 
 VARIANTS = {"default": {}, "fwd-order": {"_REVERSE": 0}, "unroll4": {"_UNROLL": 4},
             "atoms-add": {"_HIST_INC": 1}, "512x2": {"_BLOCK": 512, "_BLOCKS_PER_SM": 2},
-            "no-flat": {"_FLAT": 0}, "768": {"_BLOCK": 768}, "768-u3": {"_BLOCK": 768, "_UNROLL": 3},
+            "no-flat": {"_FLAT": 0}, "no-flat-rows": {"_FLAT_ROWS": 0}, "stagger": {"_STAGGER": 1}, "768": {"_BLOCK": 768}, "768-u3": {"_BLOCK": 768, "_UNROLL": 3},
             "768-u4": {"_BLOCK": 768, "_UNROLL": 4}}
 # argv[2]: comma-separated timing variants (default "default"); "none" checks exactness only
 labels = sys.argv[2].split(",") if len(sys.argv) > 2 else ["default"]
@@ -203,7 +247,8 @@ for label in ([] if labels == ["none"] else labels):
     for k, v in VARIANTS[label].items():
         setattr(ch, k, v)
     ch._kernel.cache_clear()
-    run_checks(label)
+    if label == labels[0] or os.environ.get("CHECK_EVERY_VARIANT"):
+        run_checks(label)
     time_shapes(label)
     for k, v in saved.items():
         setattr(ch, k, v)
