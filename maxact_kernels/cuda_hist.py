@@ -64,6 +64,7 @@ _HIST_INC = int(os.environ.get("MAXACT_CUDA_HIST_INC", 0))
 _FLAT = int(os.environ.get("MAXACT_CUDA_FLAT", 1))
 # Blocks flush the shared histogram window starting at different bins (0: all from bin 0).
 _STAGGER = int(os.environ.get("MAXACT_CUDA_STAGGER", 0))
+_KEY_MODE = 0   # timing probes of the row keys' parts (scripts/gpu_check_cuda_hist.py); 0 is the kernel
 # So do masked, row and channel updates of contiguous 16-bit tensors whose rows hold a multiple of 256
 # elements, through row keys (0 turns it off).
 _FLAT_ROWS = int(os.environ.get("MAXACT_CUDA_FLAT_ROWS", 1))
@@ -105,6 +106,9 @@ typedef long long i64;
 #endif
 #ifndef MAXACT_STAGGER
 #define MAXACT_STAGGER 0
+#endif
+#ifndef MAXACT_KEY_MODE   /* timing probes only (wrong row outputs): see scripts/gpu_check_cuda_hist.py */
+#define MAXACT_KEY_MODE 0
 #endif
 
 /* Shared histogram increment. atomicAdd(p, 1) compiles to ATOMS.POPC.INC (lanes on one address are
@@ -582,7 +586,14 @@ template <int DT> __device__ __forceinline__ unsigned vec_key_value(const uint4&
 template <int DT>
 __device__ __forceinline__ void raise_row_key(const uint4& q, int ch0, int lane, u64* keys, unsigned row,
                                               unsigned epoch) {
+#if MAXACT_KEY_MODE == 4
+    return;
+#endif
     const unsigned m = vec_key_value<DT>(q);
+#if MAXACT_KEY_MODE == 2
+    if (m) atomicMax(keys + row, ((u64)epoch << 32) | (m << 16) | (0xffffu - ch0));
+    return;
+#endif
     const unsigned wm = __reduce_max_sync(0xffffffffu, m);
     if (wm == 0u) return;                      /* every element NaN */
     unsigned cand = 0xffffffffu;
@@ -594,6 +605,10 @@ __device__ __forceinline__ void raise_row_key(const uint4& q, int ch0, int lane,
         }
     }
     const unsigned wc = __reduce_min_sync(0xffffffffu, cand);
+#if MAXACT_KEY_MODE == 1
+    if (wc == 12345678u) keys[row] = 0;
+    return;
+#endif
     if (lane == 0) atomicMax(keys + row, ((u64)epoch << 32) | (wm << 16) | (0xffffu - wc));
 }
 
@@ -1029,7 +1044,7 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
         if (last) {
             __threadfence();
             const unsigned epoch = (unsigned)__ldcg(row_work) + 1u;
-            decode_row_keys<DT>((const u64*)row_work + 2, epoch, n_rows, row_absmax, row_argmax, rowkey,
+            if (MAXACT_KEY_MODE != 3) decode_row_keys<DT>((const u64*)row_work + 2, epoch, n_rows, row_absmax, row_argmax, rowkey,
                                 sample_ids, sample_max, n_samples, sample_oor);
             if (threadIdx.x == 0) { row_work[0] = (i64)epoch; row_work[1] = 0; }
         }
@@ -1078,7 +1093,8 @@ def available(device: torch.device | str | None = None) -> bool:
 
 def _source() -> str:
     return (f"#define MAXACT_MIN_BLOCKS {_BLOCKS_PER_SM}\n#define MAXACT_BLOCK {_BLOCK}\n"
-            f"#define MAXACT_HIST_INC {_HIST_INC}\n#define MAXACT_STAGGER {_STAGGER}\n" + _SOURCE)
+            f"#define MAXACT_HIST_INC {_HIST_INC}\n#define MAXACT_STAGGER {_STAGGER}\n"
+            f"#define MAXACT_KEY_MODE {_KEY_MODE}\n" + _SOURCE)
 
 
 def _compile(cc, source: str, arch: str, name: str, target: str = "cubin"):

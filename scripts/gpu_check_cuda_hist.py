@@ -201,7 +201,8 @@ def bench(fn):
     return triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median")
 
 def time_shapes(label):
-    for shape in [(16384, 4096), (16384, 12288), (4096, 1536), (32768, 1536), (32768, 8960)]:
+    shapes = [(16384, 4096), (16384, 12288), (4096, 1536), (32768, 1536), (32768, 8960)]
+    for shape in shapes[:int(os.environ.get("TIME_SHAPES", len(shapes)))]:
         xs = [make(shape, torch.bfloat16, specials=False) for _ in range(3)]
         dst = torch.empty_like(xs[0])
         nbytes = xs[0].numel() * 2
@@ -236,7 +237,9 @@ def time_shapes(label):
 
 VARIANTS = {"default": {}, "fwd-order": {"_REVERSE": 0}, "unroll4": {"_UNROLL": 4},
             "atoms-add": {"_HIST_INC": 1}, "512x2": {"_BLOCK": 512, "_BLOCKS_PER_SM": 2},
-            "no-flat": {"_FLAT": 0}, "no-flat-rows": {"_FLAT_ROWS": 0}, "stagger": {"_STAGGER": 1}, "768": {"_BLOCK": 768}, "768-u3": {"_BLOCK": 768, "_UNROLL": 3},
+            "no-flat": {"_FLAT": 0}, "no-flat-rows": {"_FLAT_ROWS": 0}, "stagger": {"_STAGGER": 1},
+            "key-no-atomic": {"_KEY_MODE": 1}, "key-no-redux": {"_KEY_MODE": 2}, "key-no-decode": {"_KEY_MODE": 3},
+            "key-none": {"_KEY_MODE": 4}, "768": {"_BLOCK": 768}, "768-u3": {"_BLOCK": 768, "_UNROLL": 3},
             "768-u4": {"_BLOCK": 768, "_UNROLL": 4}}
 # argv[2]: comma-separated timing variants (default "default"); "none" checks exactness only
 labels = sys.argv[2].split(",") if len(sys.argv) > 2 else ["default"]
@@ -247,7 +250,7 @@ for label in ([] if labels == ["none"] else labels):
     for k, v in VARIANTS[label].items():
         setattr(ch, k, v)
     ch._kernel.cache_clear()
-    if label == labels[0] or os.environ.get("CHECK_EVERY_VARIANT"):
+    if (label == labels[0] or os.environ.get("CHECK_EVERY_VARIANT")) and not os.environ.get("NO_CHECKS"):
         run_checks(label)
     time_shapes(label)
     for k, v in saved.items():
