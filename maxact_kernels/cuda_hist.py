@@ -64,9 +64,8 @@ _HIST_INC = int(os.environ.get("MAXACT_CUDA_HIST_INC", 0))
 _FLAT = int(os.environ.get("MAXACT_CUDA_FLAT", 1))
 # Blocks flush the shared histogram window starting at different bins (0: all from bin 0).
 _STAGGER = int(os.environ.get("MAXACT_CUDA_STAGGER", 0))
-_KEY_MODE = 0   # timing probes of the row keys' parts (scripts/gpu_check_cuda_hist.py); 0 is the kernel
-# So do masked, row and channel updates of contiguous 16-bit tensors whose rows hold a multiple of 256
-# elements, through row keys (0 turns it off).
+# So do masked and channel-maxima updates (no row outputs) of contiguous 16-bit tensors whose rows hold a
+# multiple of 256 elements (0 turns it off).
 _FLAT_ROWS = int(os.environ.get("MAXACT_CUDA_FLAT_ROWS", 1))
 # Visit rows last to first: the end of a tensor its producer just wrote is the part still in L2.
 _REVERSE = int(os.environ.get("MAXACT_CUDA_REVERSE", 1))
@@ -106,9 +105,6 @@ typedef long long i64;
 #endif
 #ifndef MAXACT_STAGGER
 #define MAXACT_STAGGER 0
-#endif
-#ifndef MAXACT_KEY_MODE   /* timing probes only (wrong row outputs): see scripts/gpu_check_cuda_hist.py */
-#define MAXACT_KEY_MODE 0
 #endif
 
 /* Shared histogram increment. atomicAdd(p, 1) compiles to ATOMS.POPC.INC (lanes on one address are
@@ -554,112 +550,6 @@ __device__ __forceinline__ void finish_row(i64 row, int lane, float rmax, int ra
     }
 }
 
-/* ---- row maxima of the flat path (FLAT == 2) -----------------------------------------------------
-   There a warp's 32 vectors of one tile slot lie in one row (the row has a multiple of 32 vectors), but
-   the warps of a row may belong to several blocks. Each warp takes its part of the row's max |x| and first
-   channel attaining it as one 64-bit key, (epoch << 32) | (1 + |x| bits) << 16 | (0xffff - channel), and
-   raises the row's key in global memory with one atomic max: the larger |x| wins, then the smaller
-   channel. The epoch (one per launch, kept in row_work[0]) makes keys of earlier launches lose and read
-   as "no value", so the keys never need clearing. The last block to finish decodes every row's key into
-   the row outputs and takes the per-sample peaks. */
-
-/* 1 + the largest |x| bits of a 16-bit vector's non-NaN elements; 0 when all eight are NaN */
-template <int DT> __device__ __forceinline__ unsigned vec_key_value(const uint4& q) {
-    const unsigned wv[4] = {q.x, q.y, q.z, q.w};
-    unsigned aw[4];
-    #pragma unroll
-    for (int k = 0; k < 4; ++k) aw[k] = wv[k] & 0x7fff7fffu;
-    const unsigned vmax = umax16x2(umax16x2(aw[0], aw[1]), umax16x2(aw[2], aw[3]));
-    const unsigned hi = max(vmax & 0xffffu, vmax >> 16);
-    if (hi <= NanAbove<DT>::V) return hi + 1u;
-    unsigned best = 0u;                        /* a NaN among them: rare */
-    #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-        const unsigned ab = abits_of<DT>(wv[j >> 1], j & 1);
-        if (ab <= NanAbove<DT>::V) best = max(best, ab + 1u);
-    }
-    return best;
-}
-
-/* The warp's key of one tile slot (a segment of 32 vectors of one row, ch0 this lane's first channel)
-   into keys[row]. The whole warp must call it. */
-template <int DT>
-__device__ __forceinline__ void raise_row_key(const uint4& q, int ch0, int lane, u64* keys, unsigned row,
-                                              unsigned epoch) {
-#if MAXACT_KEY_MODE == 4
-    return;
-#endif
-    const unsigned m = vec_key_value<DT>(q);
-#if MAXACT_KEY_MODE == 2
-    if (m) atomicMax(keys + row, ((u64)epoch << 32) | (m << 16) | (0xffffu - ch0));
-    return;
-#endif
-    const unsigned wm = __reduce_max_sync(0xffffffffu, m);
-    if (wm == 0u) return;                      /* every element NaN */
-    unsigned cand = 0xffffffffu;
-    if (m == wm) {                             /* the lanes holding the max: their first channel with it */
-        const unsigned wv[4] = {q.x, q.y, q.z, q.w};
-        #pragma unroll
-        for (int j = 7; j >= 0; --j) {
-            if (abits_of<DT>(wv[j >> 1], j & 1) + 1u == wm) cand = (unsigned)(ch0 + j);
-        }
-    }
-    const unsigned wc = __reduce_min_sync(0xffffffffu, cand);
-#if MAXACT_KEY_MODE == 1
-    if (wc == 12345678u) keys[row] = 0;
-    return;
-#endif
-    if (lane == 0) atomicMax(keys + row, ((u64)epoch << 32) | (wm << 16) | (0xffffu - wc));
-}
-
-/* Decodes rows [0, n_rows) of keys (this launch's epoch) into the row outputs, as finish_row writes them,
-   and raises the per-sample peaks (one atomic per warp when its rows share a sample). Whole block. */
-template <int DT>
-__device__ void decode_row_keys(const u64* keys, unsigned epoch, i64 n_rows,
-                                float* row_absmax, int* row_argmax, i64* rowkey,
-                                const i64* sample_ids, float* sample_max, i64 n_samples, i64* sample_oor) {
-    constexpr int B = 4;                       /* rows a thread has in flight */
-    const int lane = threadIdx.x & 31;
-    for (i64 base = 0; base < n_rows; base += (i64)B * blockDim.x) {   /* block-uniform */
-        u64 k[B];
-        i64 sid[B];
-        #pragma unroll
-        for (int j = 0; j < B; ++j) {
-            const i64 r = base + (i64)j * blockDim.x + threadIdx.x;
-            k[j] = r < n_rows ? __ldcg(keys + r) : 0ull;
-            sid[j] = (sample_max != nullptr && r < n_rows) ? sample_ids[r] : (i64)-1;
-        }
-        #pragma unroll
-        for (int j = 0; j < B; ++j) {
-            const i64 r = base + (i64)j * blockDim.x + threadIdx.x;
-            const unsigned m = (unsigned)(k[j] >> 32) == epoch ? (unsigned)(k[j] >> 16) & 0xffffu : 0u;
-            float v = -1.f;
-            if (m != 0u) v = DT == 0 ? __uint_as_float((m - 1u) << 16) : half_to_float((unsigned short)(m - 1u));
-            if (r < n_rows) {
-                row_absmax[r] = v;
-                row_argmax[r] = m != 0u ? (int)(0xffffu - (unsigned)(k[j] & 0xffffu)) : -1;
-                rowkey[r] = m != 0u ? (((i64)__float_as_int(v)) << 32) | (i64)(0xffffffffu - (unsigned)r) : (i64)-1;
-            }
-            if (sample_max == nullptr) continue;
-            const bool ok = m != 0u;
-            const unsigned okm = __ballot_sync(0xffffffffu, ok);
-            if (okm == 0u) continue;
-            const int leader = __ffs(okm) - 1;
-            const i64 s0 = __shfl_sync(0xffffffffu, sid[j], leader);
-            if (__all_sync(0xffffffffu, !ok || sid[j] == s0)) {
-                const unsigned wbits = __reduce_max_sync(0xffffffffu, ok ? __float_as_uint(v) : 0u);
-                if (lane == leader) {
-                    if (s0 >= 0 && s0 < n_samples) atomicMax((int*)(sample_max + s0), (int)wbits);
-                    else atomicAdd((u64*)sample_oor, (u64)__popc(okm));
-                }
-            } else if (ok) {
-                if (sid[j] >= 0 && sid[j] < n_samples) atomicMax((int*)(sample_max + sid[j]), __float_as_int(v));
-                else atomicAdd((u64*)sample_oor, 1ull);
-            }
-        }
-    }
-}
-
 #define SH_HIST_WORDS (WBINS + 8)   /* window bins, the dump slot, the rare counts, padding to 16 bytes */
 
 template <int DT, bool VEC, bool ROWS, bool CH, int UNROLL, int FLAT>
@@ -674,10 +564,9 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
     const i64* __restrict__ sample_ids,                /* [n_rows] or null */
     float* __restrict__ sample_max, i64 n_samples, i64* __restrict__ sample_oor,
     float* __restrict__ channel_max,                   /* [n_cols] when CH */
-    i64* __restrict__ row_work,                        /* FLAT == 2 with ROWS: epoch, ticket, [n_rows] keys */
     int reverse)                                       /* visit rows last to first (hot in L2 first) */
 {
-    static_assert(FLAT != 2 || DT != 2, "the row keys of the flat path hold 16-bit |x|");
+    static_assert(FLAT != 2 || !ROWS, "the flat path that follows rows takes no row outputs");
     extern __shared__ __align__(16) unsigned smem[];
     unsigned* sh = smem;                               /* [SH_HIST_WORDS] */
     unsigned* chw = sh + SH_HIST_WORDS + CH_DIRTY_WORDS;     /* channel maxima (CH), after their bitmap */
@@ -736,9 +625,9 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
            (interleaved: measured faster than a contiguous range per block), through a register double
            buffer with no bounds tests; what is left after the last whole round, less than a tile per block,
            is split evenly, so that no block is a tile behind the others at the end.
-           FLAT == 1, the basic update of a contiguous unmasked tensor, ignores rows. FLAT == 2 (a row mask,
-           row maxima or channel maxima) needs a row a multiple of 32 vectors, so that the 32 vectors of a
-           warp in one tile slot lie in one row: each thread follows its slots' (row, first vector of the
+           FLAT == 1, the basic update of a contiguous unmasked tensor, ignores rows. FLAT == 2 (a row mask
+           or channel maxima, no row outputs) needs a row a multiple of 32 vectors, so that the 32 vectors of
+           a warp in one tile slot lie in one row: each thread follows its slots' (row, first vector of the
            warp in the row) from tile to tile by adding the block's stride, with no division in the loop. */
         constexpr bool SEG = FLAT == 2;
         const i64 nvec = n_rows * n_cols / PV;
@@ -758,8 +647,6 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
            ahead of it (but the first) */
         const unsigned rvec = (unsigned)(n_cols / PV);
         const unsigned wofs = threadIdx.x & ~31u;
-        u64* keys = (u64*)row_work + 2;
-        const unsigned epoch = (SEG && ROWS) ? (unsigned)__ldcg(row_work) + 1u : 0u;
         unsigned erow[UNROLL], ecol[UNROLL];
         unsigned dr = 0u, dc = 0u;
         if (SEG) {
@@ -792,7 +679,6 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
         auto seg_vec = [&](uint4& q, unsigned row, unsigned wc, bool valid) {
             if (!valid) { q = make_uint4(0u, 0u, 0u, 0u); return; }   /* the MMA then adds nothing */
             const int ch0 = (int)(wc + lane) * PV;
-            if (ROWS) raise_row_key<DT>(q, ch0, lane, keys, row, epoch);
             process_vec<DT, false, CH>(q, ch0, sh, hist, chw, a, pmn, pmx, rmax, rarg);
             a.n += PV;
         };
@@ -806,13 +692,13 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
             #pragma unroll
             for (int u = 0; u < UNROLL; ++u) q[u] = load_streaming(p + u * bd);
             p += step;
-            if (SEG && mask != nullptr) {
-                mk = 0u;
+            if (SEG && mask != nullptr) {   /* lane u loads slot u's byte: one load instruction, one vote */
+                unsigned r = 0u;
                 #pragma unroll
                 for (int u = 0; u < UNROLL; ++u) {
-                    const unsigned r = ahead ? row_ahead(erow[u], ecol[u]) : erow[u];
-                    mk |= mask[r] != 0 ? 1u << u : 0u;
+                    if (lane == u) r = ahead ? row_ahead(erow[u], ecol[u]) : erow[u];
                 }
+                mk = __ballot_sync(0xffffffffu, lane < UNROLL && mask[r] != 0);
             }
         };
         auto eat = [&](uint4 (&q)[UNROLL], unsigned mk) {
@@ -1035,20 +921,6 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
             if (v > *(volatile float*)(channel_max + c)) atomicMax((int*)(channel_max + c), __float_as_int(v));
         }
     }
-    if (FLAT == 2 && ROWS) {   /* the last block to finish decodes the row keys (every block's are in) */
-        __shared__ unsigned last;
-        __threadfence();
-        __syncthreads();
-        if (threadIdx.x == 0) last = atomicAdd((unsigned*)(row_work + 1), 1u) == gridDim.x - 1;
-        __syncthreads();
-        if (last) {
-            __threadfence();
-            const unsigned epoch = (unsigned)__ldcg(row_work) + 1u;
-            if (MAXACT_KEY_MODE != 3) decode_row_keys<DT>((const u64*)row_work + 2, epoch, n_rows, row_absmax, row_argmax, rowkey,
-                                sample_ids, sample_max, n_samples, sample_oor);
-            if (threadIdx.x == 0) { row_work[0] = (i64)epoch; row_work[1] = 0; }
-        }
-    }
 }
 """
 
@@ -1093,8 +965,7 @@ def available(device: torch.device | str | None = None) -> bool:
 
 def _source() -> str:
     return (f"#define MAXACT_MIN_BLOCKS {_BLOCKS_PER_SM}\n#define MAXACT_BLOCK {_BLOCK}\n"
-            f"#define MAXACT_HIST_INC {_HIST_INC}\n#define MAXACT_STAGGER {_STAGGER}\n"
-            f"#define MAXACT_KEY_MODE {_KEY_MODE}\n" + _SOURCE)
+            f"#define MAXACT_HIST_INC {_HIST_INC}\n#define MAXACT_STAGGER {_STAGGER}\n" + _SOURCE)
 
 
 def _compile(cc, source: str, arch: str, name: str, target: str = "cubin"):
@@ -1165,7 +1036,6 @@ def fused_stats(
     sample_abs_max: torch.Tensor | None = None,
     sample_oor: torch.Tensor | None = None,
     channel_abs_max: torch.Tensor | None = None,
-    row_work: torch.Tensor | None = None,
 ) -> None:
     """Accumulate one [rows, channels] tensor into the state tensors, on torch's current stream.
 
@@ -1176,8 +1046,6 @@ def fused_stats(
     ``sample_abs_max`` (float32[N], values >= 0) takes an atomic max per row at ``sample_ids[row]``;
     ids outside [0, N) are counted in ``sample_oor``. ``channel_abs_max`` (float32[C], values >= 0)
     takes the per-channel max |x| (only when :func:`channels_fit`).
-    ``row_work`` (int64, at least rows + 2 elements, zeros when new and left to this function afterwards)
-    lets the row outputs come from the faster flat layout; without it they come from the rows layout.
     """
     if x2d.dim() != 2:
         raise ValueError(f"fused_stats expects a 2-D [rows, channels] tensor, got shape {tuple(x2d.shape)}")
@@ -1213,7 +1081,7 @@ def fused_stats(
     if channels and not channels_fit(n_cols, x2d.dtype):
         raise ValueError(f"{n_cols} channels of {x2d.dtype} do not fit the fused kernel's shared memory")
     dev_index = x2d.device.index if x2d.device.index is not None else torch.cuda.current_device()
-    flat = _flat_layout(x2d, vec, rows, channels, row_mask is not None, row_work)
+    flat = _flat_layout(x2d, vec, rows, channels, row_mask is not None)
     kernel = _kernel(dev_index, _DTYPE_CODE[x2d.dtype], vec, rows, channels, flat)
     shmem = _SH_HIST_BYTES + (_CH_DIRTY_BYTES + _channel_bytes(n_cols, x2d.dtype) if channels else 0)
     _allow_shared(kernel, dev_index, shmem)
@@ -1236,28 +1104,23 @@ def fused_stats(
         p(_ptr(sample_ids)),
         p(_ptr(sample_abs_max)), np.int64(0 if sample_abs_max is None else sample_abs_max.numel()),
         p(_ptr(sample_oor)),
-        p(_ptr(channel_abs_max)), p(_ptr(row_work) if flat == 2 and rows else 0), np.int32(_REVERSE),
+        p(_ptr(channel_abs_max)), np.int32(_REVERSE),
     )
 
 
-def _flat_layout(x2d: torch.Tensor, vec: bool, rows: bool, channels: bool, masked: bool,
-                 row_work: torch.Tensor | None) -> int:
+def _flat_layout(x2d: torch.Tensor, vec: bool, rows: bool, channels: bool, masked: bool) -> int:
     """The kernel's layout: 1 flat tiles ignoring rows (the basic update of a whole contiguous tensor),
-    2 flat tiles that follow rows (a warp's 32 vectors of a tile slot in one row: 16-bit values, rows of a
-    multiple of 256 elements, channels numbered in 16 bits), 0 a warp per row (everything else). Flat
-    tiles are the faster read pattern."""
-    n_rows, n_cols = x2d.shape
-    if not (_FLAT and vec and x2d.stride(0) == n_cols):
+    2 flat tiles that follow rows for a row mask or channel maxima (16-bit values, rows of a multiple of
+    256 elements, so that a warp's 32 vectors of a tile slot lie in one row), 0 a warp per row (row
+    outputs, and everything else). Flat tiles are the faster read pattern; row outputs from them measured
+    slower (docs/PERF_NOTES.md, kernel v12)."""
+    n_cols = x2d.shape[1]
+    if rows or not (_FLAT and vec and x2d.stride(0) == n_cols):
         return 0
-    if not (rows or channels or masked):
+    if not (channels or masked):
         return 1
-    if not _FLAT_ROWS or x2d.dtype == torch.float32 or n_cols % 256 or n_cols > 65536:
+    if not _FLAT_ROWS or x2d.dtype == torch.float32 or n_cols % 256:
         return 0
-    if rows:
-        if row_work is None:
-            return 0
-        if row_work.dtype != torch.int64 or row_work.numel() < n_rows + 2 or not row_work.is_contiguous():
-            raise ValueError("row_work must be a contiguous int64 tensor of at least rows + 2 elements")
     return 2
 
 

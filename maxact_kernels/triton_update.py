@@ -148,8 +148,6 @@ def update(
                 sample_abs_max=state.sample_abs_max if samples else None,
                 sample_oor=state.sample_oor if samples else None,
                 channel_abs_max=state.channel_abs_max if fused_channels else None,
-                # zeros when new; the kernel keeps its epoch and ticket in it (see cuda_hist)
-                row_work=state.scratch("row_work", n_rows + 2, torch.int64, fill=0) if need_row_max else None,
             )
             if cfg.track_channels and not fused_channels:  # too wide for shared memory: a second pass
                 triton_rows.rows_update(x2d, mask_u8, state, do_basic=False, do_hist=False, do_channels=True,
