@@ -734,17 +734,22 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
         const i64 lo = r0 + ((rem * blockIdx.x / gridDim.x) & ~ALIGN);
         const i64 hi = blockIdx.x + 1 == gridDim.x ? r0 + rem : r0 + ((rem * (blockIdx.x + 1) / gridDim.x) & ~ALIGN);
         for (i64 base = lo; base < hi; base += tile) {   /* block-uniform: the MMA needs whole warps */
+            /* every load in flight before the first is used (the shared atomics fence the compiler) */
+            bool in[UNROLL];
             #pragma unroll
             for (int u = 0; u < UNROLL; ++u) {
-                qa[u] = make_uint4(0u, 0u, 0u, 0u);
-                if (SEG) {
-                    const i64 ws = base + u * bd + wofs;      /* the warp's slot: all in range, or none */
-                    const unsigned row = (unsigned)(ws / rvec);
-                    const bool valid = ws < hi && (mask == nullptr || mask[row] != 0);
-                    if (valid) qa[u] = load_streaming(xv + base + u * bd);
-                    seg_vec(qa[u], row, (unsigned)(ws % rvec), valid);
-                } else if (base + u * bd + threadIdx.x < hi) {
-                    qa[u] = load_streaming(xv + base + u * bd);
+                /* SEG: the warp's whole slot is in range or none of it */
+                in[u] = base + u * bd + (SEG ? (i64)wofs : (i64)threadIdx.x) < hi;
+                qa[u] = in[u] ? load_streaming(xv + base + u * bd) : make_uint4(0u, 0u, 0u, 0u);
+            }
+            #pragma unroll
+            for (int u = 0; u < UNROLL; ++u) {
+                if (SEG) {   /* a masked row's bytes were read, but are not counted */
+                    const i64 ws = base + u * bd + wofs;
+                    const unsigned row = in[u] ? (unsigned)(ws / rvec) : 0u;
+                    seg_vec(qa[u], row, in[u] ? (unsigned)(ws % rvec) : 0u,
+                            in[u] && (mask == nullptr || mask[row] != 0));
+                } else if (in[u]) {
                     process_vec<DT, false, false>(qa[u], 0, sh, hist, chw, a, pmn, pmx, rmax, rarg);
                 }
             }
