@@ -67,6 +67,7 @@ _STAGGER = int(os.environ.get("MAXACT_CUDA_STAGGER", 0))
 # So do masked and channel-maxima updates (no row outputs) of contiguous 16-bit tensors whose rows hold a
 # multiple of 256 elements (0 turns it off).
 _FLAT_ROWS = int(os.environ.get("MAXACT_CUDA_FLAT_ROWS", 1))
+_SEG_MIN_ROUNDS = 4   # ... when the tensor fills at least this many rounds of tiles over the grid
 # Visit rows last to first: the end of a tensor its producer just wrote is the part still in L2.
 _REVERSE = int(os.environ.get("MAXACT_CUDA_REVERSE", 1))
 # Shared bytes of the histogram window (WBINS + 8 words: dump slot, rare counts); channel maxima follow.
@@ -1125,6 +1126,11 @@ def _flat_layout(x2d: torch.Tensor, vec: bool, rows: bool, channels: bool, maske
     if not (channels or masked):
         return 1
     if not _FLAT_ROWS or x2d.dtype == torch.float32 or n_cols % 256:
+        return 0
+    # Small tensors (under a few rounds of tiles) measured faster by rows: [4096, 1536] with a mask 15.2
+    # against 14.1 us, [32768, 1536] 42.0 against 42.8 (H200).
+    dev = x2d.device.index if x2d.device.index is not None else torch.cuda.current_device()
+    if x2d.numel() // (16 // x2d.element_size()) < _SEG_MIN_ROUNDS * _num_sms(dev) * _BLOCK * _UNROLL:
         return 0
     return 2
 

@@ -79,6 +79,9 @@ def check_exact(shape, dtype, masked, token_median, fast_hist: bool, features: s
     saved = triton_update.use_cuda_hist
     if not fast_hist:
         triton_update.use_cuda_hist = lambda device: False
+    if fast_hist and features != "full":   # small tensors too take the flat layout (see cuda_hist._flat_layout)
+        from maxact_kernels import cuda_hist
+        saved_rounds, cuda_hist._SEG_MIN_ROUNDS = cuda_hist._SEG_MIN_ROUNDS, 0
     try:
         # two updates (second a slice: row stride > width) exercise accumulation and strides
         for part in (x, x[..., : max(1, shape[-1] - (8 if shape[-1] % 16 == 0 else 3))]):
@@ -96,6 +99,8 @@ def check_exact(shape, dtype, masked, token_median, fast_hist: bool, features: s
                 return errs
     finally:
         triton_update.use_cuda_hist = saved
+        if fast_hist and features != "full":
+            cuda_hist._SEG_MIN_ROUNDS = saved_rounds
     return []
 
 
