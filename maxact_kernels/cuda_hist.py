@@ -67,6 +67,7 @@ _STAGGER = int(os.environ.get("MAXACT_CUDA_STAGGER", 0))
 # So do masked and channel-maxima updates (no row outputs) of contiguous 16-bit tensors whose rows hold a
 # multiple of 256 elements (0 turns it off).
 _FLAT_ROWS = int(os.environ.get("MAXACT_CUDA_FLAT_ROWS", 1))
+_WHOLE = 1   # 0: the rows layout keeps its bounds tests on rows of whole chunks too (for comparison)
 _SEG_MIN_ROUNDS = 4   # ... when the tensor fills at least this many rounds of tiles over the grid
 # Visit rows last to first: the end of a tensor its producer just wrote is the part still in L2.
 _REVERSE = int(os.environ.get("MAXACT_CUDA_REVERSE", 1))
@@ -553,7 +554,7 @@ __device__ __forceinline__ void finish_row(i64 row, int lane, float rmax, int ra
 
 #define SH_HIST_WORDS (WBINS + 8)   /* window bins, the dump slot, the rare counts, padding to 16 bytes */
 
-template <int DT, bool VEC, bool ROWS, bool CH, int UNROLL, int FLAT>
+template <int DT, bool VEC, bool ROWS, bool CH, int UNROLL, int FLAT, bool WHOLE>
 __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_stats(
     const char* __restrict__ x, i64 n_rows, i64 n_cols, i64 row_stride_bytes,
     const unsigned char* __restrict__ mask,           /* [n_rows] or null */
@@ -789,7 +790,7 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
         auto load = [&](uint4 (&q)[UNROLL]) {
             #pragma unroll
             for (int u = 0; u < UNROLL; ++u) {
-                if (32 * u < lrem) q[u] = load_streaming(lp + 32 * u);
+                if (WHOLE || 32 * u < lrem) q[u] = load_streaming(lp + 32 * u);
             }
             lp += CHUNK;
             lrem -= CHUNK;
@@ -812,6 +813,11 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
             uint4 msum[UNROLL];   /* the fast-path vectors, summed by the whole warp on the tensor cores */
             #pragma unroll
             for (int u = 0; u < UNROLL; ++u) {
+                if (WHOLE) {   /* no lane past the row's end; a vector summed on the rare path comes back zeroed */
+                    process_vec<DT, ROWS, CH>(cur[u], (v0 + 32 * u) * PV, sh, hist, chw, a, pmn, pmx, rmax, rarg);
+                    msum[u] = cur[u];
+                    continue;
+                }
                 msum[u] = make_uint4(0u, 0u, 0u, 0u);
                 if (v0 + 32 * u < nvec && process_vec<DT, ROWS, CH>(cur[u], (v0 + 32 * u) * PV, sh, hist, chw, a,
                                                                    pmn, pmx, rmax, rarg))
@@ -981,19 +987,22 @@ def _compile(cc, source: str, arch: str, name: str, target: str = "cubin"):
     return prog.compile(target, name_expressions=(name,))
 
 
-def kernel_name(dtype_code: int, vec: bool, rows: bool, channels: bool, flat: int = 0) -> str:
-    """``flat``: 0 rows (a warp per row), 1 flat tiles ignoring rows, 2 flat tiles with rows."""
+def kernel_name(dtype_code: int, vec: bool, rows: bool, channels: bool, flat: int = 0, whole: bool = False) -> str:
+    """``flat``: 0 rows (a warp per row), 1 flat tiles ignoring rows, 2 flat tiles with rows; ``whole``: the
+    rows layout on rows of whole chunks (32 x UNROLL vectors), with no bounds tests."""
     b = lambda f: "true" if f else "false"  # noqa: E731
-    return f"maxact_fused_stats<{dtype_code}, {b(vec)}, {b(rows)}, {b(channels)}, {_UNROLL}, {int(flat)}>"
+    return (f"maxact_fused_stats<{dtype_code}, {b(vec)}, {b(rows)}, {b(channels)}, {_UNROLL}, {int(flat)}, "
+            f"{b(whole)}>")
 
 
 @functools.lru_cache(maxsize=None)
-def _kernel(device_index: int, dtype_code: int, vec: bool, rows: bool, channels: bool, flat: int = 0):
+def _kernel(device_index: int, dtype_code: int, vec: bool, rows: bool, channels: bool, flat: int = 0,
+            whole: bool = False):
     cc = _cuda_core()
     dev = cc.Device(device_index)
     dev.set_current()
     major, minor = torch.cuda.get_device_capability(device_index)
-    name = kernel_name(dtype_code, vec, rows, channels, flat)
+    name = kernel_name(dtype_code, vec, rows, channels, flat, whole)
     kernel = _compile(cc, _source(), f"sm_{major}{minor}", name).get_kernel(name)
     attrs = kernel.attributes
     logger.info("compiled %s for sm_%d%d: %d registers, %d bytes local memory",
@@ -1088,7 +1097,9 @@ def fused_stats(
         raise ValueError(f"{n_cols} channels of {x2d.dtype} do not fit the fused kernel's shared memory")
     dev_index = x2d.device.index if x2d.device.index is not None else torch.cuda.current_device()
     flat = _flat_layout(x2d, vec, rows, channels, row_mask is not None)
-    kernel = _kernel(dev_index, _DTYPE_CODE[x2d.dtype], vec, rows, channels, flat)
+    # the rows layout on rows of whole chunks skips its bounds tests
+    whole = _WHOLE and vec and not flat and (n_cols // vec_elems) % (32 * _UNROLL) == 0
+    kernel = _kernel(dev_index, _DTYPE_CODE[x2d.dtype], vec, rows, channels, flat, whole)
     shmem = _SH_HIST_BYTES + (_CH_DIRTY_BYTES + _channel_bytes(n_cols, x2d.dtype) if channels else 0)
     _allow_shared(kernel, dev_index, shmem)
 

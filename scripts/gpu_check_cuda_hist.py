@@ -165,12 +165,16 @@ def _run_checks(label):
                         errs = [f"{type(exc).__name__}: {exc}"]
                     checks[key] = errs
                     if not nc:   # the same input as a basic update
-                        for basic in (True, "channels"):
+                        for basic, flat_rows in ((True, 1), ("channels", 1), (True, 0), ("channels", 0)):
+                            ch._FLAT_ROWS = flat_rows   # 0: masks and channel maxima by rows
                             try:
                                 errs = check(shape, dtype, masked, nc, sp, wide, basic=basic)
                             except Exception as exc:
                                 errs = [f"{type(exc).__name__}: {exc}"]
-                            checks[key + (" basic" if basic is True else " channels only")] = errs
+                            finally:
+                                ch._FLAT_ROWS = 1
+                            name = " basic" if basic is True else " channels only"
+                            checks[key + name + ("" if flat_rows else " by rows")] = errs
     bad = {k: v for k, v in checks.items() if v}
     print(f"{label}: exactness {len(checks) - len(bad)} / {len(checks)} cases pass", flush=True)
     for k, v in list(bad.items())[:20]:
@@ -218,7 +222,7 @@ def time_shapes(label):
 
 VARIANTS = {"default": {}, "fwd-order": {"_REVERSE": 0}, "unroll4": {"_UNROLL": 4},
             "atoms-add": {"_HIST_INC": 1}, "512x2": {"_BLOCK": 512, "_BLOCKS_PER_SM": 2},
-            "no-flat": {"_FLAT": 0}, "no-flat-rows": {"_FLAT_ROWS": 0}, "stagger": {"_STAGGER": 1}, "768": {"_BLOCK": 768}, "768-u3": {"_BLOCK": 768, "_UNROLL": 3},
+            "no-flat": {"_FLAT": 0}, "no-flat-rows": {"_FLAT_ROWS": 0}, "stagger": {"_STAGGER": 1}, "no-whole": {"_WHOLE": 0}, "768": {"_BLOCK": 768}, "768-u3": {"_BLOCK": 768, "_UNROLL": 3},
             "768-u4": {"_BLOCK": 768, "_UNROLL": 4}}
 # argv[2]: comma-separated timing variants (default "default"); "none" checks exactness only
 labels = sys.argv[2].split(",") if len(sys.argv) > 2 else ["default"]
