@@ -69,6 +69,7 @@ _STAGGER = int(os.environ.get("MAXACT_CUDA_STAGGER", 0))
 _FLAT_ROWS = int(os.environ.get("MAXACT_CUDA_FLAT_ROWS", 1))
 _WHOLE = 1   # 0: the rows layout keeps its bounds tests on rows of whole chunks too (for comparison)
 _SEG_MIN_ROUNDS = 4   # ... when the tensor fills at least this many rounds of tiles over the grid
+_SEG_WHOLE = 0        # ... and its rows are not whole chunks of the rows layout (1: whole ones too)
 # Visit rows last to first: the end of a tensor its producer just wrote is the part still in L2.
 _REVERSE = int(os.environ.get("MAXACT_CUDA_REVERSE", 1))
 # Shared bytes of the histogram window (WBINS + 8 words: dump slot, rare counts); channel maxima follow.
@@ -1129,8 +1130,8 @@ def _flat_layout(x2d: torch.Tensor, vec: bool, rows: bool, channels: bool, maske
     """The kernel's layout: 1 flat tiles ignoring rows (the basic update of a whole contiguous tensor),
     2 flat tiles that follow rows for a row mask or channel maxima (16-bit values, rows of a multiple of
     256 elements, so that a warp's 32 vectors of a tile slot lie in one row), 0 a warp per row (row
-    outputs, and everything else). Flat tiles are the faster read pattern; row outputs from them measured
-    slower (docs/PERF_NOTES.md, kernel v12)."""
+    outputs, and everything else). Row outputs from flat tiles measured slower (docs/PERF_NOTES.md,
+    kernel v12)."""
     n_cols = x2d.shape[1]
     if rows or not (_FLAT and vec and x2d.stride(0) == n_cols):
         return 0
@@ -1138,10 +1139,14 @@ def _flat_layout(x2d: torch.Tensor, vec: bool, rows: bool, channels: bool, maske
         return 1
     if not _FLAT_ROWS or x2d.dtype == torch.float32 or n_cols % 256:
         return 0
-    # Small tensors (under a few rounds of tiles) measured faster by rows: [4096, 1536] with a mask 15.2
-    # against 14.1 us, [32768, 1536] 42.0 against 42.8 (H200).
+    # Rows of whole chunks are faster by rows (no bounds tests): with a mask, [16384, 4096] 48.3 against
+    # 50.5 us, [16384, 12288] 122.7 against 125.8; others ([32768, 8960]: 178.3 against 192.4) by flat
+    # tiles, unless the tensor is small (under a few rounds of tiles): [4096, 1536] 15.2 against 14.1 (H200).
+    vec_elems = 16 // x2d.element_size()
+    if _WHOLE and (n_cols // vec_elems) % (32 * _UNROLL) == 0 and not _SEG_WHOLE:
+        return 0
     dev = x2d.device.index if x2d.device.index is not None else torch.cuda.current_device()
-    if x2d.numel() // (16 // x2d.element_size()) < _SEG_MIN_ROUNDS * _num_sms(dev) * _BLOCK * _UNROLL:
+    if x2d.numel() // vec_elems < _SEG_MIN_ROUNDS * _num_sms(dev) * _BLOCK * _UNROLL:
         return 0
     return 2
 

@@ -139,14 +139,14 @@ results = {"device": torch.cuda.get_device_name(), "checks": {}, "timing": {}}
 
 
 def run_checks(label):
-    """Exactness cases; small tensors take the flat layout for masks and channel maxima here too (the
-    launcher keeps them on rows), so that its remainder and row tracking are checked."""
-    saved = ch._SEG_MIN_ROUNDS
-    ch._SEG_MIN_ROUNDS = 0
+    """Exactness cases; small tensors and rows of whole chunks take the flat layout for masks and channel
+    maxima here too (the launcher keeps them on rows), so that its remainder and row tracking are checked."""
+    saved = ch._SEG_MIN_ROUNDS, ch._SEG_WHOLE
+    ch._SEG_MIN_ROUNDS, ch._SEG_WHOLE = 0, 1
     try:
         _run_checks(label)
     finally:
-        ch._SEG_MIN_ROUNDS = saved
+        ch._SEG_MIN_ROUNDS, ch._SEG_WHOLE = saved
 
 
 def _run_checks(label):

@@ -81,7 +81,8 @@ def check_exact(shape, dtype, masked, token_median, fast_hist: bool, features: s
         triton_update.use_cuda_hist = lambda device: False
     if fast_hist and features != "full":   # small tensors too take the flat layout (see cuda_hist._flat_layout)
         from maxact_kernels import cuda_hist
-        saved_rounds, cuda_hist._SEG_MIN_ROUNDS = cuda_hist._SEG_MIN_ROUNDS, 0
+        saved_seg = cuda_hist._SEG_MIN_ROUNDS, cuda_hist._SEG_WHOLE
+        cuda_hist._SEG_MIN_ROUNDS, cuda_hist._SEG_WHOLE = 0, 1
     try:
         # two updates (second a slice: row stride > width) exercise accumulation and strides
         for part in (x, x[..., : max(1, shape[-1] - (8 if shape[-1] % 16 == 0 else 3))]):
@@ -100,7 +101,7 @@ def check_exact(shape, dtype, masked, token_median, fast_hist: bool, features: s
     finally:
         triton_update.use_cuda_hist = saved
         if fast_hist and features != "full":
-            cuda_hist._SEG_MIN_ROUNDS = saved_rounds
+            cuda_hist._SEG_MIN_ROUNDS, cuda_hist._SEG_WHOLE = saved_seg
     return []
 
 
