@@ -62,10 +62,8 @@ _UNROLL = int(os.environ.get("MAXACT_CUDA_UNROLL", 2))
 _HIST_INC = int(os.environ.get("MAXACT_CUDA_HIST_INC", 0))
 # The basic update of a contiguous unmasked tensor reads flat tiles instead of rows (0 turns it off).
 _FLAT = int(os.environ.get("MAXACT_CUDA_FLAT", 1))
-# Blocks flush the shared histogram window starting at different bins (0: all from bin 0).
-_STAGGER = int(os.environ.get("MAXACT_CUDA_STAGGER", 0))
-# So do masked and channel-maxima updates (no row outputs) of contiguous 16-bit tensors whose rows hold a
-# multiple of 256 elements (0 turns it off).
+# So do large masked and channel-maxima updates (no row outputs) of contiguous 16-bit tensors whose rows
+# hold a multiple of 256 elements but not of the rows layout's chunk (see _flat_layout; 0 turns it off).
 _FLAT_ROWS = int(os.environ.get("MAXACT_CUDA_FLAT_ROWS", 1))
 _WHOLE = 1   # 0: the rows layout keeps its bounds tests on rows of whole chunks too (for comparison)
 _SEG_MIN_ROUNDS = 4   # ... when the tensor fills at least this many rounds of tiles over the grid
@@ -105,9 +103,6 @@ typedef long long i64;
 
 #ifndef MAXACT_HIST_INC
 #define MAXACT_HIST_INC 0
-#endif
-#ifndef MAXACT_STAGGER
-#define MAXACT_STAGGER 0
 #endif
 
 /* Shared histogram increment. atomicAdd(p, 1) compiles to ATOMS.POPC.INC (lanes on one address are
@@ -678,8 +673,8 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
                 }
             }
         };
-        /* SEG: one slot's vector (row and wc as above; valid is warp-uniform: a masked row, or out of range) */
-        auto seg_vec = [&](uint4& q, unsigned row, unsigned wc, bool valid) {
+        /* SEG: one slot's vector (wc as above; valid is warp-uniform: false for a masked row, or out of range) */
+        auto seg_vec = [&](uint4& q, unsigned wc, bool valid) {
             if (!valid) { q = make_uint4(0u, 0u, 0u, 0u); return; }   /* the MMA then adds nothing */
             const int ch0 = (int)(wc + lane) * PV;
             process_vec<DT, false, CH>(q, ch0, sh, hist, chw, a, pmn, pmx, rmax, rarg);
@@ -707,7 +702,7 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
         auto eat = [&](uint4 (&q)[UNROLL], unsigned mk) {
             #pragma unroll
             for (int u = 0; u < UNROLL; ++u) {
-                if (SEG) seg_vec(q[u], erow[u], ecol[u], (mk >> u) & 1u);
+                if (SEG) seg_vec(q[u], ecol[u], (mk >> u) & 1u);
                 else process_vec<DT, false, false>(q[u], 0, sh, hist, chw, a, pmn, pmx, rmax, rarg);
             }
             if (SEG) advance(erow, ecol);
@@ -750,8 +745,7 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
                 if (SEG) {   /* a masked row's bytes were read, but are not counted */
                     const i64 ws = base + u * bd + wofs;
                     const unsigned row = in[u] ? (unsigned)(ws / rvec) : 0u;
-                    seg_vec(qa[u], row, in[u] ? (unsigned)(ws % rvec) : 0u,
-                            in[u] && (mask == nullptr || mask[row] != 0));
+                    seg_vec(qa[u], in[u] ? (unsigned)(ws % rvec) : 0u, in[u] && (mask == nullptr || mask[row] != 0));
                 } else if (in[u]) {
                     process_vec<DT, false, false>(qa[u], 0, sh, hist, chw, a, pmn, pmx, rmax, rarg);
                 }
@@ -868,10 +862,7 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
     __syncthreads();   /* every shared atomic has landed */
     /* flush the window; for bf16 also its exact squared and absolute sums (bin value = the element), which
        join the thread's own sums before the reductions below */
-    for (int j = threadIdx.x; j < WBINS; j += blockDim.x) {
-        /* MAXACT_STAGGER: blocks start their flush at different bins, so that the blocks finishing
-           together do not queue on the same global addresses */
-        const int i = MAXACT_STAGGER ? (j + (int)blockIdx.x * 64) & (WBINS - 1) : j;
+    for (int i = threadIdx.x; i < WBINS; i += blockDim.x) {
         const unsigned c = sh[i];
         if (c) {
             atomicAdd(hist + WLO + i, (u64)c);
@@ -978,7 +969,7 @@ def available(device: torch.device | str | None = None) -> bool:
 
 def _source() -> str:
     return (f"#define MAXACT_MIN_BLOCKS {_BLOCKS_PER_SM}\n#define MAXACT_BLOCK {_BLOCK}\n"
-            f"#define MAXACT_HIST_INC {_HIST_INC}\n#define MAXACT_STAGGER {_STAGGER}\n" + _SOURCE)
+            f"#define MAXACT_HIST_INC {_HIST_INC}\n" + _SOURCE)
 
 
 def _compile(cc, source: str, arch: str, name: str, target: str = "cubin"):
