@@ -14,10 +14,12 @@ reads each element once and, in the same pass, updates
 
 Layout: one warp per row (so per-row maxima need no cross-warp traffic), 16-byte loads when the row
 pitch and base pointer allow, a persistent grid of one 1024-thread block per SM, rows visited last to
-first (the end of a tensor its producer just wrote is what L2 still holds). The basic update of a
-contiguous tensor without a mask ignores rows and reads flat tiles (all threads of a block side by side),
-the faster read pattern. What limits the kernel is the SM's MIO queue, which the histogram's one shared
-atomic per element shares with the loads (docs/PERF_NOTES.md, kernel v9). The shared histogram covers
+first (the end of a tensor its producer just wrote is what L2 still holds); rows of whole chunks (32 x
+UNROLL vectors) take no bounds tests. The basic update of a contiguous tensor without a mask ignores rows
+and reads flat tiles (all threads of a block side by side), the faster read pattern; a large masked or
+channel-maxima update (no row outputs) whose rows are not whole chunks reads flat tiles that follow rows.
+What limits the kernel is the SM's MIO queue, which the histogram's one shared atomic per element shares
+with the loads (docs/PERF_NOTES.md, kernel v9). The shared histogram covers
 the 64 binades 2^-32 <= |x| < 2^32 (8192 bins, 32 KiB, cheap to zero and flush); anything else (zeros,
 subnormals, |x| >= 2^32, inf) takes a rare path: a shared counter or a global atomic, exact and rare in
 real activations.
