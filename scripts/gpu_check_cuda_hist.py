@@ -222,8 +222,8 @@ def time_shapes(label):
 
 VARIANTS = {"default": {}, "fwd-order": {"_REVERSE": 0}, "unroll4": {"_UNROLL": 4},
             "atoms-add": {"_HIST_INC": 1}, "512x2": {"_BLOCK": 512, "_BLOCKS_PER_SM": 2},
-            "no-flat": {"_FLAT": 0}, "no-flat-rows": {"_FLAT_ROWS": 0}, "no-whole": {"_WHOLE": 0}, "768": {"_BLOCK": 768}, "768-u3": {"_BLOCK": 768, "_UNROLL": 3},
-            "768-u4": {"_BLOCK": 768, "_UNROLL": 4}}
+            "no-flat": {"_FLAT": 0}, "no-flat-rows": {"_FLAT_ROWS": 0}, "no-whole": {"_WHOLE": 0},
+            "768": {"_BLOCK": 768}, "768-u3": {"_BLOCK": 768, "_UNROLL": 3}, "768-u4": {"_BLOCK": 768, "_UNROLL": 4}}
 # argv[2]: comma-separated timing variants (default "default"); "none" checks exactness only
 labels = sys.argv[2].split(",") if len(sys.argv) > 2 else ["default"]
 if labels == ["none"]:
