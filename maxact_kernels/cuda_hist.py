@@ -67,7 +67,7 @@ _FLAT = int(os.environ.get("MAXACT_CUDA_FLAT", 1))
 # So do large masked and channel-maxima updates (no row outputs) of contiguous 16-bit tensors whose rows
 # hold a multiple of 256 elements but not of the rows layout's chunk (see _flat_layout; 0 turns it off).
 _FLAT_ROWS = int(os.environ.get("MAXACT_CUDA_FLAT_ROWS", 1))
-_WHOLE = 1   # 0: the rows layout keeps its bounds tests on rows of whole chunks too (for comparison)
+_WHOLE = 2   # the rows layout drops bounds tests: 2 on rows of whole warps or chunks, 1 chunks only, 0 none
 _SEG_MIN_ROUNDS = 4   # ... when the tensor fills at least this many rounds of tiles over the grid
 _SEG_WHOLE = 0        # ... and its rows are not whole chunks of the rows layout (1: whole ones too)
 # Visit rows last to first: the end of a tensor its producer just wrote is the part still in L2.
@@ -552,7 +552,7 @@ __device__ __forceinline__ void finish_row(i64 row, int lane, float rmax, int ra
 
 #define SH_HIST_WORDS (WBINS + 8)   /* window bins, the dump slot, the rare counts, padding to 16 bytes */
 
-template <int DT, bool VEC, bool ROWS, bool CH, int UNROLL, int FLAT, bool WHOLE>
+template <int DT, bool VEC, bool ROWS, bool CH, int UNROLL, int FLAT, int WHOLE>
 __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_stats(
     const char* __restrict__ x, i64 n_rows, i64 n_cols, i64 row_stride_bytes,
     const unsigned char* __restrict__ mask,           /* [n_rows] or null */
@@ -787,7 +787,7 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
         auto load = [&](uint4 (&q)[UNROLL]) {
             #pragma unroll
             for (int u = 0; u < UNROLL; ++u) {
-                if (WHOLE || 32 * u < lrem) q[u] = load_streaming(lp + 32 * u);
+                if (WHOLE == 1 || (WHOLE == 2 && u == 0) || 32 * u < lrem) q[u] = load_streaming(lp + 32 * u);
             }
             lp += CHUNK;
             lrem -= CHUNK;
@@ -810,9 +810,15 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
             uint4 msum[UNROLL];   /* the fast-path vectors, summed by the whole warp on the tensor cores */
             #pragma unroll
             for (int u = 0; u < UNROLL; ++u) {
-                if (WHOLE) {   /* no lane past the row's end; a vector summed on the rare path comes back zeroed */
-                    process_vec<DT, ROWS, CH>(cur[u], (v0 + 32 * u) * PV, sh, hist, chw, a, pmn, pmx, rmax, rarg);
-                    msum[u] = cur[u];
+                if (WHOLE) {
+                    /* WHOLE 1: no lane past the row's end; 2: the whole warp's slot is in the row or none of
+                       it, slot 0 always. A vector summed on the rare path comes back zeroed. */
+                    if (WHOLE == 1 || u == 0 || v0 - lane + 32 * u < nvec) {
+                        process_vec<DT, ROWS, CH>(cur[u], (v0 + 32 * u) * PV, sh, hist, chw, a, pmn, pmx, rmax, rarg);
+                        msum[u] = cur[u];
+                    } else {
+                        msum[u] = make_uint4(0u, 0u, 0u, 0u);
+                    }
                     continue;
                 }
                 msum[u] = make_uint4(0u, 0u, 0u, 0u);
@@ -981,17 +987,18 @@ def _compile(cc, source: str, arch: str, name: str, target: str = "cubin"):
     return prog.compile(target, name_expressions=(name,))
 
 
-def kernel_name(dtype_code: int, vec: bool, rows: bool, channels: bool, flat: int = 0, whole: bool = False) -> str:
-    """``flat``: 0 rows (a warp per row), 1 flat tiles ignoring rows, 2 flat tiles with rows; ``whole``: the
-    rows layout on rows of whole chunks (32 x UNROLL vectors), with no bounds tests."""
+def kernel_name(dtype_code: int, vec: bool, rows: bool, channels: bool, flat: int = 0, whole: int = 0) -> str:
+    """``flat``: 0 rows (a warp per row), 1 flat tiles ignoring rows, 2 flat tiles with rows; ``whole``, for
+    the rows layout: 1 rows of whole chunks (32 x UNROLL vectors), with no bounds tests, 2 rows of whole
+    warps (32 vectors), with a test per slot only."""
     b = lambda f: "true" if f else "false"  # noqa: E731
     return (f"maxact_fused_stats<{dtype_code}, {b(vec)}, {b(rows)}, {b(channels)}, {_UNROLL}, {int(flat)}, "
-            f"{b(whole)}>")
+            f"{int(whole)}>")
 
 
 @functools.lru_cache(maxsize=None)
 def _kernel(device_index: int, dtype_code: int, vec: bool, rows: bool, channels: bool, flat: int = 0,
-            whole: bool = False):
+            whole: int = 0):
     cc = _cuda_core()
     dev = cc.Device(device_index)
     dev.set_current()
@@ -1091,8 +1098,8 @@ def fused_stats(
         raise ValueError(f"{n_cols} channels of {x2d.dtype} do not fit the fused kernel's shared memory")
     dev_index = x2d.device.index if x2d.device.index is not None else torch.cuda.current_device()
     flat = _flat_layout(x2d, vec, rows, channels, row_mask is not None)
-    # the rows layout on rows of whole chunks skips its bounds tests
-    whole = _WHOLE and vec and not flat and (n_cols // vec_elems) % (32 * _UNROLL) == 0
+    # the rows layout on rows of whole chunks skips its bounds tests, on rows of whole warps most of them
+    whole = _whole(n_cols // vec_elems, x2d.dtype) if vec and not flat else 0
     kernel = _kernel(dev_index, _DTYPE_CODE[x2d.dtype], vec, rows, channels, flat, whole)
     shmem = _SH_HIST_BYTES + (_CH_DIRTY_BYTES + _channel_bytes(n_cols, x2d.dtype) if channels else 0)
     _allow_shared(kernel, dev_index, shmem)
@@ -1117,6 +1124,14 @@ def fused_stats(
         p(_ptr(sample_oor)),
         p(_ptr(channel_abs_max)), np.int32(_REVERSE),
     )
+
+
+def _whole(row_vectors: int, dtype: torch.dtype) -> int:
+    """The rows layout's ``WHOLE``: 1 rows of whole chunks, 2 rows of whole warps (bf16: for fp16 and fp32
+    ptxas spilled more there than with the bounds tests), 0 others."""
+    if row_vectors % (32 * _UNROLL) == 0:
+        return 1 if _WHOLE else 0
+    return 2 if _WHOLE >= 2 and row_vectors % 32 == 0 and dtype == torch.bfloat16 else 0
 
 
 def _flat_layout(x2d: torch.Tensor, vec: bool, rows: bool, channels: bool, masked: bool) -> int:

@@ -152,7 +152,7 @@ def run_checks(label):
 def _run_checks(label):
     checks = {}
     for shape in [(1, 1), (5, 123), (7, 8), (1823, 781), (300, 4096), (64, 12288), (2, 1000008), (4099, 24),
-                  (2000, 2048), (1537, 768)]:
+                  (2000, 2048), (1537, 768), (300, 2304)]:
         for dtype in (torch.bfloat16, torch.float16, torch.float32):
             for masked in (False, True):
                 cases = [(False, True, True), (True, True, True), (False, False, True), (False, False, False),
@@ -222,7 +222,7 @@ def time_shapes(label):
 
 VARIANTS = {"default": {}, "fwd-order": {"_REVERSE": 0}, "unroll4": {"_UNROLL": 4},
             "atoms-add": {"_HIST_INC": 1}, "512x2": {"_BLOCK": 512, "_BLOCKS_PER_SM": 2},
-            "no-flat": {"_FLAT": 0}, "no-flat-rows": {"_FLAT_ROWS": 0}, "no-whole": {"_WHOLE": 0},
+            "no-flat": {"_FLAT": 0}, "no-flat-rows": {"_FLAT_ROWS": 0}, "no-whole": {"_WHOLE": 0}, "whole-chunks": {"_WHOLE": 1},
             "768": {"_BLOCK": 768}, "768-u3": {"_BLOCK": 768, "_UNROLL": 3}, "768-u4": {"_BLOCK": 768, "_UNROLL": 4}}
 # argv[2]: comma-separated timing variants (default "default"); "none" checks exactness only
 labels = sys.argv[2].split(",") if len(sys.argv) > 2 else ["default"]

@@ -198,7 +198,8 @@ def main() -> int:
     fast = triton_update.use_cuda_hist(torch.device("cuda"))
     quick = "--quick" in sys.argv  # fewer combinations (bf16 gets them all)
     fast_only = "--fast-only" in sys.argv  # with cuda-core: skip the Triton-histogram variants
-    for shape in [(1, 1), (5, 123), (3, 4, 37), (1823, 781), (64, 12288), (300, 4096), (517, 1536), (9, 24)]:
+    for shape in [(1, 1), (5, 123), (3, 4, 37), (1823, 781), (64, 12288), (300, 4096), (517, 1536), (9, 24),
+                  (300, 2304)]:
         for dtype in (torch.bfloat16, torch.float16, torch.float32):
             full = not quick or dtype == torch.bfloat16
             for fast_hist in ((True, False) if fast and full and not fast_only else (fast,)):

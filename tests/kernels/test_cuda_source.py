@@ -21,7 +21,8 @@ VARIANTS += [(dt, True, False, False, 1) for dt in range(3)]   # the flat basic 
 # flat tiles that follow rows (16-bit types): a row mask, channel maxima
 VARIANTS += [(dt, True, False, ch, 2) for dt in (0, 1) for ch in (True, False)]
 # the rows layout on rows of whole chunks
-VARIANTS += [(dt, True, rows, ch, 0, True) for dt in range(3) for rows in (True, False) for ch in (True, False)]
+VARIANTS += [(dt, True, rows, ch, 0, w) for dt in range(3) for rows in (True, False) for ch in (True, False)
+             for w in (1, 2)]
 
 
 def _nvrtc_ok():
