@@ -15,11 +15,10 @@ reads each element once and, in the same pass, updates
 Layout: one warp per row (so per-row maxima need no cross-warp traffic), 16-byte loads when the row
 pitch and base pointer allow, a persistent grid of one 1024-thread block per SM, rows visited last to
 first (the end of a tensor its producer just wrote is what L2 still holds); rows of whole chunks (32 x
-UNROLL vectors) take no bounds tests. The basic update of a contiguous tensor without a mask ignores rows
-and reads flat tiles (all threads of a block side by side), the faster read pattern; a large masked or
-channel-maxima update (no row outputs) whose rows are not whole chunks reads flat tiles that follow rows.
-What limits the kernel is the SM's MIO queue, which the histogram's one shared atomic per element shares
-with the loads (docs/PERF_NOTES.md, kernel v9). The shared histogram covers
+UNROLL vectors) take no bounds tests, bf16 rows of whole warps one per slot. The basic update of a
+contiguous tensor without a mask ignores rows and reads flat tiles (all threads of a block side by side),
+the faster read pattern. What limits the kernel is the SM's MIO queue, which the histogram's one shared
+atomic per element shares with the loads (docs/PERF_NOTES.md, kernel v9). The shared histogram covers
 the 64 binades 2^-32 <= |x| < 2^32 (8192 bins, 32 KiB, cheap to zero and flush); anything else (zeros,
 subnormals, |x| >= 2^32, inf) takes a rare path: a shared counter or a global atomic, exact and rare in
 real activations.
@@ -64,12 +63,7 @@ _UNROLL = int(os.environ.get("MAXACT_CUDA_UNROLL", 2))
 _HIST_INC = int(os.environ.get("MAXACT_CUDA_HIST_INC", 0))
 # The basic update of a contiguous unmasked tensor reads flat tiles instead of rows (0 turns it off).
 _FLAT = int(os.environ.get("MAXACT_CUDA_FLAT", 1))
-# So do large masked and channel-maxima updates (no row outputs) of contiguous 16-bit tensors whose rows
-# hold a multiple of 256 elements but not of the rows layout's chunk (see _flat_layout; 0 turns it off).
-_FLAT_ROWS = int(os.environ.get("MAXACT_CUDA_FLAT_ROWS", 1))
 _WHOLE = 2   # the rows layout drops bounds tests: 2 on rows of whole warps or chunks, 1 chunks only, 0 none
-_SEG_MIN_ROUNDS = 4   # ... when the tensor fills at least this many rounds of tiles over the grid
-_SEG_WHOLE = 0        # ... and its rows are not whole chunks of the rows layout (1: whole ones too)
 # Visit rows last to first: the end of a tensor its producer just wrote is the part still in L2.
 _REVERSE = int(os.environ.get("MAXACT_CUDA_REVERSE", 1))
 # Shared bytes of the histogram window (WBINS + 8 words: dump slot, rare counts); channel maxima follow.
@@ -552,7 +546,7 @@ __device__ __forceinline__ void finish_row(i64 row, int lane, float rmax, int ra
 
 #define SH_HIST_WORDS (WBINS + 8)   /* window bins, the dump slot, the rare counts, padding to 16 bytes */
 
-template <int DT, bool VEC, bool ROWS, bool CH, int UNROLL, int FLAT, int WHOLE>
+template <int DT, bool VEC, bool ROWS, bool CH, int UNROLL, bool FLAT, int WHOLE>
 __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_stats(
     const char* __restrict__ x, i64 n_rows, i64 n_cols, i64 row_stride_bytes,
     const unsigned char* __restrict__ mask,           /* [n_rows] or null */
@@ -566,7 +560,6 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
     float* __restrict__ channel_max,                   /* [n_cols] when CH */
     int reverse)                                       /* visit rows last to first (hot in L2 first) */
 {
-    static_assert(FLAT != 2 || !ROWS, "the flat path that follows rows takes no row outputs");
     extern __shared__ __align__(16) unsigned smem[];
     unsigned* sh = smem;                               /* [SH_HIST_WORDS] */
     unsigned* chw = sh + SH_HIST_WORDS + CH_DIRTY_WORDS;     /* channel maxima (CH), after their bitmap */
@@ -619,17 +612,14 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
     float rmax = -1.f;
     int rarg = -1;
     if (FLAT) {
-        /* Flat tiles: each block reads tiles of blockDim x UNROLL vectors, all its threads side by side.
-           That read pattern measured 0.87-0.90 of copy where warp-per-row measured 0.82
+        /* The basic update of a contiguous tensor without a mask (no row outputs, no channel maxima): rows
+           do not matter, so each block reads tiles of blockDim x UNROLL vectors, all its threads side by
+           side. That read pattern measured 0.87-0.90 of copy where warp-per-row measured 0.82
            (scripts/gpu_read_ceiling.py, H200). Whole rounds of tiles go round-robin to the blocks
            (interleaved: measured faster than a contiguous range per block), through a register double
            buffer with no bounds tests; what is left after the last whole round, less than a tile per block,
-           is split evenly, so that no block is a tile behind the others at the end.
-           FLAT == 1, the basic update of a contiguous unmasked tensor, ignores rows. FLAT == 2 (a row mask
-           or channel maxima, no row outputs) needs a row a multiple of 32 vectors, so that the 32 vectors of
-           a warp in one tile slot lie in one row: each thread follows its slots' (row, first vector of the
-           warp in the row) from tile to tile by adding the block's stride, with no division in the loop. */
-        constexpr bool SEG = FLAT == 2;
+           is split evenly, so that no block is a tile behind the others at the end. (Flat tiles that follow
+           rows, for masks, channel and row maxima, measured slower than rows: docs/PERF_NOTES.md, v12.) */
         const i64 nvec = n_rows * n_cols / PV;
         const int bd = blockDim.x;
         const i64 tile = (i64)bd * UNROLL;
@@ -641,120 +631,52 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
            32-bit count keep 64-bit index arithmetic out of the loop */
         const i64 step = reverse ? -(i64)gridDim.x * tile : (i64)gridDim.x * tile;
         const uint4* xv = (const uint4*)x + threadIdx.x;
-        const i64 first = m0 + (reverse ? (i64)ntiles - 1 - blockIdx.x : (i64)blockIdx.x) * tile;
-        const uint4* p = xv + first;
-        /* SEG: the row and the warp's first vector in it of each slot, for the next eat; a load is one step
-           ahead of it (but the first) */
-        const unsigned rvec = (unsigned)(n_cols / PV);
-        const unsigned wofs = threadIdx.x & ~31u;
-        unsigned erow[UNROLL], ecol[UNROLL];
-        unsigned dr = 0u, dc = 0u;
-        if (SEG) {
-            const i64 astep = (i64)gridDim.x * tile;
-            dr = (unsigned)(astep / rvec);
-            dc = (unsigned)(astep % rvec);
-            #pragma unroll
-            for (int u = 0; u < UNROLL; ++u) {
-                const i64 v = blockIdx.x < ntiles ? first + u * bd + wofs : 0;
-                erow[u] = (unsigned)(v / rvec);
-                ecol[u] = (unsigned)(v % rvec);
-            }
-            /* the least shared maximum over all channels: a lower bound for every vector of the block */
-            if (CH) a.cht = __reduce_min_sync(0xffffffffu, lane_channel_floor<DT>(chw, lane, (int)rvec));
-        }
-        auto advance = [&](unsigned (&r)[UNROLL], unsigned (&c)[UNROLL]) {
-            #pragma unroll
-            for (int u = 0; u < UNROLL; ++u) {
-                if (!reverse) {
-                    c[u] += dc; r[u] += dr;
-                    if (c[u] >= rvec) { c[u] -= rvec; ++r[u]; }
-                } else if (c[u] >= dc) {
-                    c[u] -= dc; r[u] -= dr;
-                } else {
-                    c[u] += rvec - dc; r[u] -= dr + 1u;
-                }
-            }
-        };
-        /* SEG: one slot's vector (wc as above; valid is warp-uniform: false for a masked row, or out of range) */
-        auto seg_vec = [&](uint4& q, unsigned wc, bool valid) {
-            if (!valid) { q = make_uint4(0u, 0u, 0u, 0u); return; }   /* the MMA then adds nothing */
-            const int ch0 = (int)(wc + lane) * PV;
-            process_vec<DT, false, CH>(q, ch0, sh, hist, chw, a, pmn, pmx, rmax, rarg);
-            a.n += PV;
-        };
-        /* the row one step after (row, col) */
-        auto row_ahead = [&](unsigned r, unsigned c) -> unsigned {
-            return reverse ? r - dr - (c < dc ? 1u : 0u) : r + dr + (c + dc >= rvec ? 1u : 0u);
-        };
-        /* the mask bytes of a load's rows travel with it, as bit u of mk; ahead: the load is a step ahead
-           of the eat cursor */
-        auto load = [&](uint4 (&q)[UNROLL], unsigned& mk, bool ahead) {
+        const uint4* p = xv + m0 + (reverse ? (i64)ntiles - 1 - blockIdx.x : (i64)blockIdx.x) * tile;
+        auto load = [&](uint4 (&q)[UNROLL]) {
             #pragma unroll
             for (int u = 0; u < UNROLL; ++u) q[u] = load_streaming(p + u * bd);
             p += step;
-            if (SEG && mask != nullptr) {   /* lane u loads slot u's byte: one load instruction, one vote */
-                unsigned r = 0u;
-                #pragma unroll
-                for (int u = 0; u < UNROLL; ++u) {
-                    if (lane == u) r = ahead ? row_ahead(erow[u], ecol[u]) : erow[u];
-                }
-                mk = __ballot_sync(0xffffffffu, lane < UNROLL && mask[r] != 0);
-            }
         };
-        auto eat = [&](uint4 (&q)[UNROLL], unsigned mk) {
+        auto eat = [&](uint4 (&q)[UNROLL]) {
             #pragma unroll
-            for (int u = 0; u < UNROLL; ++u) {
-                if (SEG) seg_vec(q[u], ecol[u], (mk >> u) & 1u);
-                else process_vec<DT, false, false>(q[u], 0, sh, hist, chw, a, pmn, pmx, rmax, rarg);
-            }
-            if (SEG) advance(erow, ecol);
+            for (int u = 0; u < UNROLL; ++u) process_vec<DT, false, false>(q[u], 0, sh, hist, chw, a, pmn, pmx, rmax, rarg);
             if (DT == 0) mma_fold<UNROLL>(a, q);
         };
         uint4 qa[UNROLL], qb[UNROLL];
-        unsigned mka = ~0u, mkb = ~0u;   /* every row valid unless a mask says otherwise */
         unsigned k = blockIdx.x;   /* 2^32 tiles would be over 2^42 elements */
         if (k < ntiles) {
-            load(qa, mka, false);
+            load(qa);
             for (;;) {
                 k += gridDim.x;
                 bool more = k < ntiles;
-                if (more) load(qb, mkb, true);
-                eat(qa, mka);
+                if (more) load(qb);
+                eat(qa);
                 if (!more) break;
                 k += gridDim.x;
                 more = k < ntiles;
-                if (more) load(qa, mka, true);
-                eat(qb, mkb);
+                if (more) load(qa);
+                eat(qb);
                 if (!more) break;
             }
         }
-        /* this block's share of the rest, whole multiples of 8 vectors (SEG: 32, whole warp slots), with
-           bounds tests */
-        constexpr i64 ALIGN = SEG ? 31 : 7;
-        const i64 lo = r0 + ((rem * blockIdx.x / gridDim.x) & ~ALIGN);
-        const i64 hi = blockIdx.x + 1 == gridDim.x ? r0 + rem : r0 + ((rem * (blockIdx.x + 1) / gridDim.x) & ~ALIGN);
+        /* this block's share of the rest, whole multiples of 8 vectors, with bounds tests */
+        const i64 lo = r0 + ((rem * blockIdx.x / gridDim.x) & ~7LL);
+        const i64 hi = blockIdx.x + 1 == gridDim.x ? r0 + rem : r0 + ((rem * (blockIdx.x + 1) / gridDim.x) & ~7LL);
         for (i64 base = lo; base < hi; base += tile) {   /* block-uniform: the MMA needs whole warps */
             /* every load in flight before the first is used (the shared atomics fence the compiler) */
             bool in[UNROLL];
             #pragma unroll
             for (int u = 0; u < UNROLL; ++u) {
-                /* SEG: the warp's whole slot is in range or none of it */
-                in[u] = base + u * bd + (SEG ? (i64)wofs : (i64)threadIdx.x) < hi;
+                in[u] = base + u * bd + threadIdx.x < hi;
                 qa[u] = in[u] ? load_streaming(xv + base + u * bd) : make_uint4(0u, 0u, 0u, 0u);
             }
             #pragma unroll
             for (int u = 0; u < UNROLL; ++u) {
-                if (SEG) {   /* a masked row's bytes were read, but are not counted */
-                    const i64 ws = base + u * bd + wofs;
-                    const unsigned row = in[u] ? (unsigned)(ws / rvec) : 0u;
-                    seg_vec(qa[u], in[u] ? (unsigned)(ws % rvec) : 0u, in[u] && (mask == nullptr || mask[row] != 0));
-                } else if (in[u]) {
-                    process_vec<DT, false, false>(qa[u], 0, sh, hist, chw, a, pmn, pmx, rmax, rarg);
-                }
+                if (in[u]) process_vec<DT, false, false>(qa[u], 0, sh, hist, chw, a, pmn, pmx, rmax, rarg);
             }
             if (DT == 0) mma_fold<UNROLL>(a, qa);
         }
-        if (!SEG && blockIdx.x == 0 && threadIdx.x == 0) atomicAdd((u64*)counts, (u64)(n_rows * n_cols));
+        if (blockIdx.x == 0 && threadIdx.x == 0) atomicAdd((u64*)counts, (u64)(n_rows * n_cols));
     } else if (VEC) {
         /* Software-pipelined over (row, chunk): the next chunk's UNROLL 16-byte loads, possibly of the
            warp's next row, are in flight while the current chunk is processed, so short rows (1-4K
@@ -908,7 +830,7 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
             s += part_d[0][w]; s2 += part_d[1][w]; sa += part_d[2][w];
             mnk = min(mnk, part_u[0][w]); mxk = max(mxk, part_u[1][w]); n += part_u[2][w];
         }
-        if (n > 0u || FLAT == 1) {   /* FLAT == 1: block 0 counted every element */
+        if (n > 0u || FLAT) {   /* FLAT: block 0 counted every element */
             if (n > 0u) atomicAdd((u64*)counts + 0, (u64)n);   /* NaN included: taken off below */
             atomicAdd(sums + 0, s);
             if (s2 != 0.0 || sa != 0.0) { atomicAdd(sums + 1, s2); atomicAdd(sums + 2, sa); }
@@ -987,17 +909,17 @@ def _compile(cc, source: str, arch: str, name: str, target: str = "cubin"):
     return prog.compile(target, name_expressions=(name,))
 
 
-def kernel_name(dtype_code: int, vec: bool, rows: bool, channels: bool, flat: int = 0, whole: int = 0) -> str:
-    """``flat``: 0 rows (a warp per row), 1 flat tiles ignoring rows, 2 flat tiles with rows; ``whole``, for
-    the rows layout: 1 rows of whole chunks (32 x UNROLL vectors), with no bounds tests, 2 rows of whole
-    warps (32 vectors), with a test per slot only."""
+def kernel_name(dtype_code: int, vec: bool, rows: bool, channels: bool, flat: bool = False, whole: int = 0) -> str:
+    """``flat``: flat tiles ignoring rows (else a warp per row); ``whole``, for the rows layout: 1 rows of
+    whole chunks (32 x UNROLL vectors), with no bounds tests, 2 rows of whole warps (32 vectors), with a test
+    per slot only."""
     b = lambda f: "true" if f else "false"  # noqa: E731
-    return (f"maxact_fused_stats<{dtype_code}, {b(vec)}, {b(rows)}, {b(channels)}, {_UNROLL}, {int(flat)}, "
+    return (f"maxact_fused_stats<{dtype_code}, {b(vec)}, {b(rows)}, {b(channels)}, {_UNROLL}, {b(flat)}, "
             f"{int(whole)}>")
 
 
 @functools.lru_cache(maxsize=None)
-def _kernel(device_index: int, dtype_code: int, vec: bool, rows: bool, channels: bool, flat: int = 0,
+def _kernel(device_index: int, dtype_code: int, vec: bool, rows: bool, channels: bool, flat: bool = False,
             whole: int = 0):
     cc = _cuda_core()
     dev = cc.Device(device_index)
@@ -1097,7 +1019,8 @@ def fused_stats(
     if channels and not channels_fit(n_cols, x2d.dtype):
         raise ValueError(f"{n_cols} channels of {x2d.dtype} do not fit the fused kernel's shared memory")
     dev_index = x2d.device.index if x2d.device.index is not None else torch.cuda.current_device()
-    flat = _flat_layout(x2d, vec, rows, channels, row_mask is not None)
+    # the basic update of a whole contiguous tensor reads it flat, ignoring rows (the faster read pattern)
+    flat = bool(_FLAT and vec and not rows and not channels and row_mask is None and x2d.stride(0) == n_cols)
     # the rows layout on rows of whole chunks skips its bounds tests, on rows of whole warps most of them
     whole = _whole(n_cols // vec_elems, x2d.dtype) if vec and not flat else 0
     kernel = _kernel(dev_index, _DTYPE_CODE[x2d.dtype], vec, rows, channels, flat, whole)
@@ -1132,31 +1055,6 @@ def _whole(row_vectors: int, dtype: torch.dtype) -> int:
     if row_vectors % (32 * _UNROLL) == 0:
         return 1 if _WHOLE else 0
     return 2 if _WHOLE >= 2 and row_vectors % 32 == 0 and dtype == torch.bfloat16 else 0
-
-
-def _flat_layout(x2d: torch.Tensor, vec: bool, rows: bool, channels: bool, masked: bool) -> int:
-    """The kernel's layout: 1 flat tiles ignoring rows (the basic update of a whole contiguous tensor),
-    2 flat tiles that follow rows for a row mask or channel maxima (16-bit values, rows of a multiple of
-    256 elements, so that a warp's 32 vectors of a tile slot lie in one row), 0 a warp per row (row
-    outputs, and everything else). Row outputs from flat tiles measured slower (docs/PERF_NOTES.md,
-    kernel v12)."""
-    n_cols = x2d.shape[1]
-    if rows or not (_FLAT and vec and x2d.stride(0) == n_cols):
-        return 0
-    if not (channels or masked):
-        return 1
-    if not _FLAT_ROWS or x2d.dtype == torch.float32 or n_cols % 256:
-        return 0
-    # Rows of whole chunks are faster by rows (no bounds tests): with a mask, [16384, 4096] 48.3 against
-    # 50.5 us, [16384, 12288] 122.7 against 125.8; others ([32768, 8960]: 178.3 against 192.4) by flat
-    # tiles, unless the tensor is small (under a few rounds of tiles): [4096, 1536] 15.2 against 14.1 (H200).
-    vec_elems = 16 // x2d.element_size()
-    if _WHOLE and (n_cols // vec_elems) % (32 * _UNROLL) == 0 and not _SEG_WHOLE:
-        return 0
-    dev = x2d.device.index if x2d.device.index is not None else torch.cuda.current_device()
-    if x2d.numel() // vec_elems < _SEG_MIN_ROUNDS * _num_sms(dev) * _BLOCK * _UNROLL:
-        return 0
-    return 2
 
 
 def _channel_bytes(n_cols: int, dtype: torch.dtype) -> int:

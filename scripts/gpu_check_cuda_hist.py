@@ -139,17 +139,6 @@ results = {"device": torch.cuda.get_device_name(), "checks": {}, "timing": {}}
 
 
 def run_checks(label):
-    """Exactness cases; small tensors and rows of whole chunks take the flat layout for masks and channel
-    maxima here too (the launcher keeps them on rows), so that its remainder and row tracking are checked."""
-    saved = ch._SEG_MIN_ROUNDS, ch._SEG_WHOLE
-    ch._SEG_MIN_ROUNDS, ch._SEG_WHOLE = 0, 1
-    try:
-        _run_checks(label)
-    finally:
-        ch._SEG_MIN_ROUNDS, ch._SEG_WHOLE = saved
-
-
-def _run_checks(label):
     checks = {}
     for shape in [(1, 1), (5, 123), (7, 8), (1823, 781), (300, 4096), (64, 12288), (2, 1000008), (4099, 24),
                   (2000, 2048), (1537, 768), (300, 2304)]:
@@ -165,16 +154,12 @@ def _run_checks(label):
                         errs = [f"{type(exc).__name__}: {exc}"]
                     checks[key] = errs
                     if not nc:   # the same input as a basic update
-                        for basic, flat_rows in ((True, 1), ("channels", 1), (True, 0), ("channels", 0)):
-                            ch._FLAT_ROWS = flat_rows   # 0: masks and channel maxima by rows
+                        for basic in (True, "channels"):
                             try:
                                 errs = check(shape, dtype, masked, nc, sp, wide, basic=basic)
                             except Exception as exc:
                                 errs = [f"{type(exc).__name__}: {exc}"]
-                            finally:
-                                ch._FLAT_ROWS = 1
-                            name = " basic" if basic is True else " channels only"
-                            checks[key + name + ("" if flat_rows else " by rows")] = errs
+                            checks[key + (" basic" if basic is True else " channels only")] = errs
     bad = {k: v for k, v in checks.items() if v}
     print(f"{label}: exactness {len(checks) - len(bad)} / {len(checks)} cases pass", flush=True)
     for k, v in list(bad.items())[:20]:
@@ -222,7 +207,7 @@ def time_shapes(label):
 
 VARIANTS = {"default": {}, "fwd-order": {"_REVERSE": 0}, "unroll4": {"_UNROLL": 4},
             "atoms-add": {"_HIST_INC": 1}, "512x2": {"_BLOCK": 512, "_BLOCKS_PER_SM": 2},
-            "no-flat": {"_FLAT": 0}, "no-flat-rows": {"_FLAT_ROWS": 0}, "no-whole": {"_WHOLE": 0}, "whole-chunks": {"_WHOLE": 1},
+            "no-flat": {"_FLAT": 0}, "no-whole": {"_WHOLE": 0}, "whole-chunks": {"_WHOLE": 1},
             "768": {"_BLOCK": 768}, "768-u3": {"_BLOCK": 768, "_UNROLL": 3}, "768-u4": {"_BLOCK": 768, "_UNROLL": 4}}
 # argv[2]: comma-separated timing variants (default "default"); "none" checks exactness only
 labels = sys.argv[2].split(",") if len(sys.argv) > 2 else ["default"]

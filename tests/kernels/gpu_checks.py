@@ -64,8 +64,8 @@ def diff(a: dict, b: dict, sum_rtol: float = 1e-6) -> list[str]:
 
 
 def check_exact(shape, dtype, masked, token_median, fast_hist: bool, features: str = "full") -> list[str]:
-    """``features``: "full" (everything), "channels" (basic statistics and channel maxima, no row outputs:
-    the fused kernel's flat layout where it applies), "basic"."""
+    """``features``: "full" (everything), "channels" (basic statistics and channel maxima, no row
+    outputs), "basic"."""
     gen = torch.Generator(device="cuda").manual_seed(hash((shape, str(dtype), masked)) % 2**31)
     x = make(shape, dtype, gen)
     rows = x.numel() // shape[-1]
@@ -79,10 +79,6 @@ def check_exact(shape, dtype, masked, token_median, fast_hist: bool, features: s
     saved = triton_update.use_cuda_hist
     if not fast_hist:
         triton_update.use_cuda_hist = lambda device: False
-    if fast_hist and features != "full":   # small tensors too take the flat layout (see cuda_hist._flat_layout)
-        from maxact_kernels import cuda_hist
-        saved_seg = cuda_hist._SEG_MIN_ROUNDS, cuda_hist._SEG_WHOLE
-        cuda_hist._SEG_MIN_ROUNDS, cuda_hist._SEG_WHOLE = 0, 1
     try:
         # two updates (second a slice: row stride > width) exercise accumulation and strides
         for part in (x, x[..., : max(1, shape[-1] - (8 if shape[-1] % 16 == 0 else 3))]):
@@ -100,8 +96,6 @@ def check_exact(shape, dtype, masked, token_median, fast_hist: bool, features: s
                 return errs
     finally:
         triton_update.use_cuda_hist = saved
-        if fast_hist and features != "full":
-            cuda_hist._SEG_MIN_ROUNDS, cuda_hist._SEG_WHOLE = saved_seg
     return []
 
 
@@ -206,7 +200,7 @@ def main() -> int:
                 for masked, tm in ((False, "all"), (True, "candidates")) if full else ((True, "all"),):
                     name = f"exact {shape} {str(dtype)[6:]} mask={masked} {tm} cuda_hist={fast_hist}"
                     checks[name] = lambda s=shape, d=dtype, m=masked, t=tm, f=fast_hist: check_exact(s, d, m, t, f)
-            for feat in ("channels", "basic"):   # no row outputs: flat tiles for a mask or channel maxima
+            for feat in ("channels", "basic"):   # no row outputs (the flat layout when unmasked)
                 for masked in (False, True):
                     name = f"exact {shape} {str(dtype)[6:]} mask={masked} {feat} cuda_hist={fast}"
                     checks[name] = lambda s=shape, d=dtype, m=masked, f=feat: check_exact(s, d, m, "all", fast, f)

@@ -16,12 +16,10 @@ nvrtc = pytest.importorskip("cuda.bindings.nvrtc", reason="cuda-bindings is not 
 
 from maxact_kernels import cuda_hist, cuda_median  # noqa: E402
 
-VARIANTS = [v + (0,) for v in itertools.product(range(3), (True, False), (True, False), (True, False))]
-VARIANTS += [(dt, True, False, False, 1) for dt in range(3)]   # the flat basic update
-# flat tiles that follow rows (16-bit types): a row mask, channel maxima
-VARIANTS += [(dt, True, False, ch, 2) for dt in (0, 1) for ch in (True, False)]
-# the rows layout on rows of whole chunks
-VARIANTS += [(dt, True, rows, ch, 0, w) for dt in range(3) for rows in (True, False) for ch in (True, False)
+VARIANTS = [v + (False,) for v in itertools.product(range(3), (True, False), (True, False), (True, False))]
+VARIANTS += [(dt, True, False, False, True) for dt in range(3)]   # the flat basic update
+# the rows layout on rows of whole chunks (1) and of whole warps (2)
+VARIANTS += [(dt, True, rows, ch, False, w) for dt in range(3) for rows in (True, False) for ch in (True, False)
              for w in (1, 2)]
 
 
