@@ -197,11 +197,13 @@ def time_shapes(label):
         read_bw = lambda t: nbytes / t / 1e9
         row = {"copy_ms": t_copy, "copy_TBps_rw": copy_bw, "basic_ms": t_basic, "rows_ms": t_rows, "full_ms": t_full,
                "basic_frac_of_copy": read_bw(t_basic) / copy_bw, "masked_basic_ms": t_mbasic,
-               "masked_basic_frac_of_copy": read_bw(t_mbasic) / copy_bw, "rows_frac_of_copy": read_bw(t_rows) / copy_bw,
+               "masked_basic_frac_of_copy": read_bw(t_mbasic) / copy_bw,
+               "rows_frac_of_copy": read_bw(t_rows) / copy_bw,
                "full_frac_of_copy": read_bw(t_full) / copy_bw}
         results["timing"][f"{label} {shape}"] = row
         print(f"{label:10s} {str(shape):15s} copy {t_copy*1e3:7.1f} us ({copy_bw:.2f} TB/s) | basic {t_basic*1e3:7.1f} us "
-              f"{row['basic_frac_of_copy']:.3f} | masked {t_mbasic*1e3:7.1f} {row['masked_basic_frac_of_copy']:.3f} | +rows/samples {t_rows*1e3:7.1f} {row['rows_frac_of_copy']:.3f} | "
+              f"{row['basic_frac_of_copy']:.3f} | masked {t_mbasic*1e3:7.1f} {row['masked_basic_frac_of_copy']:.3f} | "
+              f"+rows/samples {t_rows*1e3:7.1f} {row['rows_frac_of_copy']:.3f} | "
               f"+channels {t_full*1e3:7.1f} {row['full_frac_of_copy']:.3f} | torch abs().amax {t_amax*1e3:7.1f}", flush=True)
 
 
