@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+import torch
 
 nvrtc = pytest.importorskip("cuda.bindings.nvrtc", reason="cuda-bindings is not installed (extra 'test')")
 
@@ -118,3 +119,22 @@ def test_channel_fit_limits():
     assert cuda_hist.channels_fit(27648, torch.bfloat16)      # Qwen2.5-32B's MLP width in bf16
     assert cuda_hist._channel_bytes(1, torch.float16) == 16
     assert cuda_hist._channel_bytes(9, torch.float32) == 64
+
+
+def test_whole_row_variant_choice(monkeypatch):
+    """Which rows-layout instantiation a row width takes: no bounds tests on rows of whole chunks (any
+    dtype), one per slot on bf16 rows of whole warps, and the bounds-tested loop otherwise."""
+    monkeypatch.setattr(cuda_hist, "_UNROLL", 2)
+    monkeypatch.setattr(cuda_hist, "_WHOLE", 2)
+    bf16, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
+    assert cuda_hist._whole(4096 // 8, bf16) == 1
+    assert cuda_hist._whole(4096 // 4, fp32) == 1
+    assert cuda_hist._whole(8960 // 8, bf16) == 2     # 1120 vectors: whole warps, not whole chunks
+    assert cuda_hist._whole(8960 // 8, fp16) == 0     # fp16 keeps its bounds tests there
+    assert cuda_hist._whole(640 // 8, bf16) == 0      # 80 vectors: not whole warps
+    assert {cuda_hist._whole(v, bf16) for v in range(1, 4097) if v % 32} == {0}
+    monkeypatch.setattr(cuda_hist, "_WHOLE", 1)
+    assert cuda_hist._whole(8960 // 8, bf16) == 0
+    assert cuda_hist._whole(1536 // 8, bf16) == 1
+    monkeypatch.setattr(cuda_hist, "_WHOLE", 0)
+    assert cuda_hist._whole(4096 // 8, bf16) == 0
