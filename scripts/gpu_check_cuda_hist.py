@@ -1,7 +1,8 @@
 """Device check of the CUDA C++ fused statistics kernel: exactness against float64 torch, then speed
 against a device-to-device copy measured in the same run.
 Usage: python scripts/gpu_check_cuda_hist.py [OUT_DIR [VARIANT,...|none]] (variants: see VARIANTS below; the
-exactness cases run for the first variant, or for each with CHECK_EVERY_VARIANT=1)"""
+exactness cases run for the first variant, for each with CHECK_EVERY_VARIANT=1, for none with NO_CHECKS=1;
+TIME_SHAPES=N times only the first N shapes)"""
 
 import json
 import logging
