@@ -974,6 +974,7 @@ def fused_stats(
     sample_abs_max: torch.Tensor | None = None,
     sample_oor: torch.Tensor | None = None,
     channel_abs_max: torch.Tensor | None = None,
+    spare_sms: int = 0,
 ) -> None:
     """Accumulate one [rows, channels] tensor into the state tensors, on torch's current stream.
 
@@ -983,7 +984,9 @@ def fused_stats(
     too: they are overwritten for every row (-1 for masked rows and rows with no non-NaN value).
     ``sample_abs_max`` (float32[N], values >= 0) takes an atomic max per row at ``sample_ids[row]``;
     ids outside [0, N) are counted in ``sample_oor``. ``channel_abs_max`` (float32[C], values >= 0)
-    takes the per-channel max |x| (only when :func:`channels_fit`).
+    takes the per-channel max |x| (only when :func:`channels_fit`). ``spare_sms``: SMs left to kernels of
+    other streams (each block of this kernel holds a whole SM's registers, so a kernel queued beside it
+    otherwise waits for it to end, and delays the next pass by as long as it holds an SM).
     """
     if x2d.dim() != 2:
         raise ValueError(f"fused_stats expects a 2-D [rows, channels] tensor, got shape {tuple(x2d.shape)}")
@@ -1030,7 +1033,7 @@ def fused_stats(
     warps = _BLOCK // 32
     by_rows = n_rows * n_cols if flat else -(-n_rows // warps)
     by_bytes = max(1, (n_rows * n_cols * esize) // _MIN_BYTES_PER_BLOCK)
-    grid = max(1, min(_num_sms(dev_index) * _BLOCKS_PER_SM, by_rows, by_bytes))
+    grid = max(1, min(_num_sms(dev_index) * _BLOCKS_PER_SM - spare_sms, by_rows, by_bytes))
 
     cc = _cuda_core()
     stream = _stream(torch.cuda.current_stream(x2d.device).cuda_stream)

@@ -22,9 +22,8 @@ holding up to 16 16-byte vectors; W > 1 sums each step's count through shared me
 barrier of the row's warps. A persistent grid: each row's warps prefetch their next row into L2 before
 working on this one. It reads the rows that need a median once and writes one float per row.
 Rows that need one: ``row_absmax >= 0`` (the fused pass writes -1 for masked rows and rows without a
-non-NaN value) and, for candidate medians, ``row_absmax > t_val`` or ``==`` the state's running max |x|
-(``max(-min, max)`` of its ``minmax``, which the fused pass has already raised by this update: only such a
-row can become the peak token, whose median the state records); other rows get -1.
+non-NaN value) and, for candidate medians, ``row_absmax > t_val`` or ``==`` this update's max |x| (only
+such a row can become the peak token, whose median the state records); other rows get -1.
 """
 
 from __future__ import annotations
@@ -119,13 +118,15 @@ __device__ __forceinline__ unsigned count_le(const unsigned (&k)[NW], unsigned t
     }
 }
 
-template <int DT, int NV, int W, bool CAND>
+template <int DT, int NV, int W, bool CAND, bool LIST>
 __global__ void __launch_bounds__(256) maxact_row_median(
     const char* __restrict__ x, i64 n_rows, i64 n_cols, i64 row_stride_bytes,
     const float* __restrict__ row_absmax,   /* [n_rows], -1: masked or no non-NaN value */
-    const float* __restrict__ minmax,       /* CAND: the state's running [min, max], this update included */
+    const float* __restrict__ peak_ptr,     /* CAND: this update's max |x| (its rows may be the peak token) */
     const double* __restrict__ params,      /* CAND: params[0] = t_val */
-    float* __restrict__ row_median)         /* [n_rows] out, -1 where not computed */
+    float* __restrict__ row_median,         /* [n_rows] out, -1 where not computed (LIST: only listed rows) */
+    const int* __restrict__ list,           /* LIST: the rows to take, list[0 .. *list_n) */
+    const int* __restrict__ list_n)
 {
     constexpr int NW = NV * 4;
     constexpr unsigned INF = KeyInf<DT>::V;
@@ -133,7 +134,7 @@ __global__ void __launch_bounds__(256) maxact_row_median(
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int grp = warp / W, wg = warp % W;
     /* a row needs a median: it has a token (and, for candidates, may pass or may be the peak token) */
-    const float peak = CAND ? fmaxf(-minmax[0], minmax[1]) : 0.f;
+    const float peak = CAND ? *peak_ptr : 0.f;
     auto needs = [&](i64 r) -> bool {
         const float rm = row_absmax[r];
         return rm >= 0.f && (!CAND || (double)rm > params[0] || rm == peak);
@@ -153,13 +154,65 @@ __global__ void __launch_bounds__(256) maxact_row_median(
     constexpr unsigned BRACKET = 64u;
     unsigned prev = 0xffffffffu;   /* this group's previous median key (none yet) */
     unsigned step = 0u;            /* counts taken so far: their parity picks the shared slots (W > 1) */
+    /* The median of one row by this group of W warps; `next`, when >= 0, is the group's next row, which
+       it asks L2 for first, so that the reads overlap the compute (without it every warp loaded, then
+       computed, in lockstep waves). */
+    auto median_row = [&](i64 row, i64 next) {
+        if (wg == 0 && next >= 0) {
+            const char* np = x + next * row_stride_bytes;
+#if __CUDA_ARCH__ >= 900
+            if (lane == 0)
+                asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(np), "r"((unsigned)(nvec * 16)) : "memory");
+#else
+            for (int v = lane; v < nvec; v += 32) asm volatile("prefetch.global.L2 [%0];" :: "l"(np + 16 * v));
+#endif
+        }
+        const uint4* rp = (const uint4*)(x + row * row_stride_bytes);
+        unsigned k[NW];
+        #pragma unroll
+        for (int u = 0; u < NV; ++u) {
+            const int v = u * (32 * W) + wg * 32 + lane;
+            uint4 q = make_uint4(0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu);   /* NaN keys */
+            if (v < nvec) q = load_streaming(rp + v);
+            k[4 * u + 0] = q.x & 0x7fff7fffu; k[4 * u + 1] = q.y & 0x7fff7fffu;
+            k[4 * u + 2] = q.z & 0x7fff7fffu; k[4 * u + 3] = q.w & 0x7fff7fffu;
+        }
+        const unsigned n = total(count_le<DT, NW>(k, INF), step++);   /* >= 1: the row has a non-NaN value */
+        const unsigned kth = (n - 1u) >> 1;
+        /* The median is the smallest key T in [lo, hi] with more than kth keys <= T; count(<= INF) = n > kth.
+           Tokens of one tensor have similar medians, so first try the 2 * BRACKET keys (a binade) around
+           this group's previous median: two counts, then 7 bisection steps instead of 15. */
+        unsigned lo = 0u, hi = INF;
+        if (prev <= INF) {
+            const unsigned ghi = min(prev + BRACKET - 1u, INF), glo = prev > BRACKET ? prev - BRACKET : 0u;
+            if (total(count_le<DT, NW>(k, ghi), step++) > kth) {
+                hi = ghi;
+                if (glo > 0u && total(count_le<DT, NW>(k, glo - 1u), step++) <= kth) lo = glo;
+            } else {
+                lo = ghi + 1u;
+            }
+        }
+        #pragma unroll 1
+        while (lo < hi) {
+            const unsigned mid = (lo + hi) >> 1;
+            if (total(count_le<DT, NW>(k, mid), step++) > kth) hi = mid;
+            else lo = mid + 1u;
+        }
+        prev = lo;
+        if (wg == 0 && lane == 0) row_median[row] = half_value<DT>(lo);
+    };
+    const i64 first = (i64)blockIdx.x * (8 / W) + grp;
+    if (LIST) {
+        /* the rows someone picked (candidate medians: a handful per update, see triton_tokens) */
+        const i64 n_list = *list_n;
+        for (i64 j = first; j < n_list; j += stride) median_row(list[j], j + stride < n_list ? list[j + stride] : -1);
+        return;
+    }
     /* Persistent: each group of W warps walks rows first, first + stride, ... in batches of 32: each lane
        asks whether one row of the batch needs a median (one load latency per 32 rows, not one per row:
        most rows need none in candidate mode), writes -1 for those that do not, and the group works
-       through the others. It asks L2 for its next row before working on this one, so the reads overlap
-       the compute (without it every warp loaded, then computed, in lockstep waves). All W warps of a row
-       take the same ballot, so a row's named barrier only sees warps that stay. */
-    const i64 first = (i64)blockIdx.x * (8 / W) + grp;
+       through the others. All W warps of a row take the same ballot, so a row's named barrier only sees
+       warps that stay. */
     for (i64 j0 = 0; first + j0 * stride < n_rows; j0 += 32) {
         const i64 mine = first + (j0 + lane) * stride;
         const bool need = mine < n_rows && needs(mine);
@@ -168,49 +221,7 @@ __global__ void __launch_bounds__(256) maxact_row_median(
         while (todo != 0u) {
             const i64 row = first + (j0 + __ffs(todo) - 1) * stride;
             todo &= todo - 1u;
-            if (wg == 0 && todo != 0u) {
-                const char* np = x + (first + (j0 + __ffs(todo) - 1) * stride) * row_stride_bytes;
-#if __CUDA_ARCH__ >= 900
-                if (lane == 0)
-                    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(np), "r"((unsigned)(nvec * 16)) : "memory");
-#else
-                for (int v = lane; v < nvec; v += 32) asm volatile("prefetch.global.L2 [%0];" :: "l"(np + 16 * v));
-#endif
-            }
-            const uint4* rp = (const uint4*)(x + row * row_stride_bytes);
-            unsigned k[NW];
-            #pragma unroll
-            for (int u = 0; u < NV; ++u) {
-                const int v = u * (32 * W) + wg * 32 + lane;
-                uint4 q = make_uint4(0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu);   /* NaN keys */
-                if (v < nvec) q = load_streaming(rp + v);
-                k[4 * u + 0] = q.x & 0x7fff7fffu; k[4 * u + 1] = q.y & 0x7fff7fffu;
-                k[4 * u + 2] = q.z & 0x7fff7fffu; k[4 * u + 3] = q.w & 0x7fff7fffu;
-            }
-            const unsigned n = total(count_le<DT, NW>(k, INF), step++);   /* >= 1: the row has a non-NaN value */
-            const unsigned kth = (n - 1u) >> 1;
-            /* The median is the smallest key T in [lo, hi] with more than kth keys <= T; count(<= INF) = n > kth.
-               Tokens of one tensor have similar medians, so first try the 2 * BRACKET keys (a binade) around
-               this group's previous median: two counts, then 7 bisection steps instead of 15. */
-            unsigned lo = 0u, hi = INF;
-            if (prev <= INF) {
-                const unsigned ghi = min(prev + BRACKET - 1u, INF), glo = prev > BRACKET ? prev - BRACKET : 0u;
-                if (total(count_le<DT, NW>(k, ghi), step++) > kth) {
-                    hi = ghi;
-                    if (glo > 0u && total(count_le<DT, NW>(k, glo - 1u), step++) <= kth) lo = glo;
-                } else {
-                    lo = ghi + 1u;
-                }
-            }
-            #pragma unroll 1
-            while (lo < hi) {
-                const unsigned mid = (lo + hi) >> 1;
-                if (total(count_le<DT, NW>(k, mid), step++) > kth) hi = mid;
-                else lo = mid + 1u;
-            }
-            const unsigned prefix = lo;
-            prev = lo;
-            if (wg == 0 && lane == 0) row_median[row] = half_value<DT>(prefix);
+            median_row(row, todo != 0u ? first + (j0 + __ffs(todo) - 1) * stride : -1);
         }
     }
 }
@@ -224,9 +235,11 @@ def _source(swar: int | None = None, int_every: int | None = None) -> str:
             + cuda_hist.LOAD_STREAMING_SRC + _SOURCE)
 
 
-def kernel_name(dtype_code: int, nv: int, warps: int, candidates: bool) -> str:
-    """The instantiation for ``nv`` 16-byte vectors per lane and ``warps`` warps per row."""
-    return f"maxact_row_median<{dtype_code}, {nv}, {warps}, {'true' if candidates else 'false'}>"
+def kernel_name(dtype_code: int, nv: int, warps: int, candidates: bool, listed: bool = False) -> str:
+    """The instantiation for ``nv`` 16-byte vectors per lane and ``warps`` warps per row; ``listed``: the rows
+    come from a list (``row_median(rows=...)``)."""
+    b = lambda f: "true" if f else "false"  # noqa: E731
+    return f"maxact_row_median<{dtype_code}, {nv}, {warps}, {b(candidates)}, {b(listed)}>"
 
 
 def layout(n_cols: int) -> tuple[int, int] | None:
@@ -259,18 +272,18 @@ def supports(x2d: torch.Tensor) -> bool:
     )
 
 
-def _kernel(device_index: int, dtype_code: int, nv: int, warps: int, candidates: bool):
+def _kernel(device_index: int, dtype_code: int, nv: int, warps: int, candidates: bool, listed: bool):
     """(compiled kernel, resident blocks per SM) for the current count method."""
-    return _compiled(device_index, dtype_code, nv, warps, candidates, _SWAR, _INT_EVERY)
+    return _compiled(device_index, dtype_code, nv, warps, candidates, listed, _SWAR, _INT_EVERY)
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(device_index: int, dtype_code: int, nv: int, warps: int, candidates: bool, swar: int,
-              int_every: int):
+def _compiled(device_index: int, dtype_code: int, nv: int, warps: int, candidates: bool, listed: bool,
+              swar: int, int_every: int):
     cc = cuda_hist._cuda_core()
     cc.Device(device_index).set_current()
     major, minor = torch.cuda.get_device_capability(device_index)
-    name = kernel_name(dtype_code, nv, warps, candidates)
+    name = kernel_name(dtype_code, nv, warps, candidates, listed)
     kernel = cuda_hist._compile(cc, _source(swar, int_every), f"sm_{major}{minor}", name).get_kernel(name)
     attrs = kernel.attributes
     logger.info("compiled %s for sm_%d%d: %d registers, %d bytes local memory",
@@ -290,15 +303,20 @@ def row_median(
     row_absmax: torch.Tensor,
     out: torch.Tensor,
     *,
-    minmax: torch.Tensor | None = None,
+    peak: torch.Tensor | None = None,
     params: torch.Tensor | None = None,
+    rows: torch.Tensor | None = None,
+    n_listed: torch.Tensor | None = None,
+    blocks: int = 0,
 ) -> None:
     """Write each row's lower median |x| (float32) into ``out``, -1 where no median is needed.
 
     ``row_absmax`` (float32[R]) is the fused pass's row max (-1: masked or no non-NaN value). With
-    ``minmax`` (float32[2], a running min and max that include these rows) and ``params`` (float64,
-    ``params[0]`` the criterion's absolute threshold), only candidate rows (row max > threshold or ==
-    max(-min, max)) get a median. No host sync.
+    ``peak`` (float32, one element: the largest row max, ``torch.amax(row_absmax)``) and ``params``
+    (float64, ``params[0]`` the criterion's absolute threshold), only candidate rows (row max > threshold or
+    == peak) get a median. With ``rows`` (int32) and ``n_listed`` (int32[1], on the device), only rows
+    ``rows[:n_listed]`` are taken (each must have a non-NaN value) and no other entry of ``out`` is written.
+    ``blocks`` > 0 caps the grid (a few blocks leave the other SMs to other streams). No host sync.
     """
     if not supports(x2d):
         raise ValueError(f"row_median takes aligned bf16/fp16 rows of a multiple of 8 channels up to "
@@ -306,16 +324,20 @@ def row_median(
     n_rows, n_cols = x2d.shape
     if n_rows == 0:
         return
-    if (minmax is None) != (params is None):
-        raise ValueError("minmax and params go together (candidate medians)")
+    if (peak is None) != (params is None):
+        raise ValueError("peak and params go together (candidate medians)")
+    listed = rows is not None
+    if listed and (n_listed is None or peak is not None or rows.dtype != torch.int32 or n_listed.dtype != torch.int32):
+        raise ValueError("rows (int32) and n_listed (int32[1]) go together, without peak and params")
     nv, warps = layout(n_cols)
     dev_index = x2d.device.index if x2d.device.index is not None else torch.cuda.current_device()
-    candidates = minmax is not None
-    kernel, blocks_per_sm = _kernel(dev_index, _DTYPE_CODE[x2d.dtype], nv, warps, candidates)
+    candidates = peak is not None
+    kernel, blocks_per_sm = _kernel(dev_index, _DTYPE_CODE[x2d.dtype], nv, warps, candidates, listed)
     rows_per_block = (_BLOCK // 32) // warps
     grid = min(-(-n_rows // rows_per_block), cuda_hist._num_sms(dev_index) * blocks_per_sm)
-    if _MAX_GRID > 0:
-        grid = min(grid, _MAX_GRID)
+    for cap in (_MAX_GRID, blocks):
+        if cap > 0:
+            grid = min(grid, cap)
     cc = cuda_hist._cuda_core()
     stream = cuda_hist._stream(torch.cuda.current_stream(x2d.device).cuda_stream)
     config = cc.LaunchConfig(grid=grid, block=_BLOCK)
@@ -323,6 +345,7 @@ def row_median(
     cc.launch(
         stream, config, kernel,
         p(x2d.data_ptr()), np.int64(n_rows), np.int64(n_cols), np.int64(x2d.stride(0) * x2d.element_size()),
-        p(row_absmax.data_ptr()), p(minmax.data_ptr() if candidates else 0),
+        p(row_absmax.data_ptr()), p(peak.data_ptr() if candidates else 0),
         p(params.data_ptr() if candidates else 0), p(out.data_ptr()),
+        p(rows.data_ptr() if listed else 0), p(n_listed.data_ptr() if listed else 0),
     )

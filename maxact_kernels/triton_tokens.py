@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from ._state import FLOAT32_TINY
-from .triton_bits import INTERPRETED, ceil_div, load_f32_bits, reduce_max, reduce_min, reduce_sum  # noqa: F401
+from .triton_bits import INTERPRETED, ceil_div, cumsum, load_f32_bits, reduce_max, reduce_min, reduce_sum  # noqa: F401
 
 
 _I32_MAX = tl.constexpr(2147483647)
@@ -283,15 +283,47 @@ def _tokens_kernel(
 
 
 @triton.jit
+def _token_candidates_kernel(row_absmax_ptr, params_ptr, tok_counts_ptr, list_ptr, list_n_ptr, n_rows,
+                             BLOCK: tl.constexpr):
+    """One program: the update's token count into the state, and the rows that need a median for candidate
+    medians, in row order: those whose max exceeds t_val (they may pass) or equals the update's max |x|
+    (the possible peak tokens), ``list[0 .. *list_n)``. Two reads of the row maxima; the compaction runs
+    only for blocks that hold a candidate (a handful per update)."""
+    t_val = tl.load(params_ptr)
+    offs = tl.arange(0, BLOCK)
+    peak = tl.full([BLOCK], -1.0, dtype=tl.float32)
+    n_tok = tl.full([BLOCK], 0, dtype=tl.int32)
+    for r0 in range(0, n_rows, BLOCK):
+        tmax = tl.load(row_absmax_ptr + r0 + offs, mask=r0 + offs < n_rows, other=-1.0)
+        peak = tl.maximum(peak, tmax)
+        n_tok += (tmax >= 0).to(tl.int32)
+    top = reduce_max(peak, 0)
+    tl.atomic_add(tok_counts_ptr + 0, reduce_sum(n_tok, 0).to(tl.int64), sem="relaxed")
+    n_list = reduce_sum(n_tok * 0, 0)   # an int32 scalar tensor (loop-carried)
+    for r0 in range(0, n_rows, BLOCK):
+        rows = r0 + offs
+        tmax = tl.load(row_absmax_ptr + rows, mask=rows < n_rows, other=-1.0)
+        take = (tmax >= 0) & ((tmax.to(tl.float64) > t_val) | (tmax == top))
+        n_take = reduce_sum(take.to(tl.int32), 0)
+        if n_take > 0:
+            at = n_list + cumsum(take.to(tl.int32), 0) - 1
+            tl.store(list_ptr + at, rows, mask=take)
+        n_list += n_take
+    tl.store(list_n_ptr, n_list)
+
+
+@triton.jit
 def _tokens_rows_kernel(
     row_absmax_ptr, row_argmax_ptr, row_med_ptr, sid_ptr, pos_ptr, params_ptr,
-    tok_counts_ptr, ratio_sums_ptr, part_f_ptr, part_i_ptr,
+    tok_counts_ptr, ratio_sums_ptr, part_f_ptr, part_i_ptr, list_ptr, list_n_ptr,
     n_rows,
-    HAS_SIDS: tl.constexpr, HAS_POS: tl.constexpr, CANDIDATES: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_SIDS: tl.constexpr, HAS_POS: tl.constexpr, CANDIDATES: tl.constexpr, LIST: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     """The criterion, counts and records from per-row max, argmax and median computed elsewhere (the fused
     CUDA pass and ``cuda_median``): ``row_absmax`` -1 = masked or no non-NaN value, ``row_med`` -1 = no
-    median taken (candidates). Same results as ``_tokens_kernel``, reading a few bytes per row."""
+    median taken (candidates). Same results as ``_tokens_kernel``, reading a few bytes per row. ``LIST``:
+    only the rows ``list[0 .. *list_n)`` (from ``_token_candidates_kernel``, which counted the tokens)."""
     pid = tl.program_id(0)
     n_prog = tl.num_programs(0)
     t_val = tl.load(params_ptr)
@@ -302,13 +334,22 @@ def _tokens_rows_kernel(
     r_sq = tl.full([BLOCK], 0, dtype=tl.float64)
     k0, s0, p0, r0, x0, m0, a0 = _empty_records(BLOCK)
     k1, s1, p1, r1, x1, m1, a1 = _empty_records(BLOCK)
-    for rb in range(pid, ceil_div(n_rows, BLOCK), n_prog):
-        rows = rb * BLOCK + tl.arange(0, BLOCK)
-        row_in = rows < n_rows
+    if LIST:
+        n_items = tl.load(list_n_ptr)
+    else:
+        n_items = n_rows
+    for rb in range(pid, ceil_div(n_items, BLOCK), n_prog):
+        items = rb * BLOCK + tl.arange(0, BLOCK)
+        row_in = items < n_items
+        if LIST:
+            rows = tl.load(list_ptr + items, mask=row_in, other=0)
+        else:
+            rows = items
         tmax = tl.load(row_absmax_ptr + rows, mask=row_in, other=-1.0)
         tmed = tl.load(row_med_ptr + rows, mask=row_in, other=-1.0)
         arg = tl.load(row_argmax_ptr + rows, mask=row_in, other=-1)
-        n_tok += (tmax >= 0).to(tl.int32)
+        if not LIST:
+            n_tok += (tmax >= 0).to(tl.int32)
         valid = (tmax >= 0) & (tmed >= 0)
         both_inf = (tmax == float("inf")) & (tmed == float("inf"))  # inf / inf: ratio 1 by definition
         (n_pass, r_sum, r_sq, k0, s0, p0, r0, x0, m0, a0, k1, s1, p1, r1, x1, m1, a1) = _fold_tokens(
@@ -414,6 +455,24 @@ ROWS_BLOCK = 256        # rows per program and step of the per-row epilogue (one
 CPU_ROWS_BLOCK = 16
 
 
+CANDIDATES_BLOCK = 4096  # rows per step of the one-program candidate selection on the GPU (8 warps)
+
+
+def select_candidates(row_absmax: torch.Tensor, state) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidate medians, one program: adds the update's token count to ``state`` and returns (rows, n): the
+    rows that need a median, ``rows[:n]`` (int32, n an int32[1] on the device). One program, so that it runs
+    on an SM the fused pass leaves free (see ``triton_update``) rather than between two of them."""
+    n_rows = row_absmax.numel()
+    rows = state.scratch("cand_rows", n_rows, torch.int32)
+    n = state.scratch("cand_n", 1, torch.int32)
+    gpu = row_absmax.is_cuda
+    _token_candidates_kernel[(1,)](
+        row_absmax, state.sun_params, state.tok_counts, rows, n, n_rows,
+        BLOCK=CANDIDATES_BLOCK if gpu else CPU_ROWS_BLOCK, num_warps=8 if gpu else 1,
+    )
+    return rows, n
+
+
 def tokens_from_rows(
     row_absmax: torch.Tensor,
     row_argmax: torch.Tensor,
@@ -421,15 +480,20 @@ def tokens_from_rows(
     sample_ids: torch.Tensor | None,
     positions: torch.Tensor | None,
     state,
+    listed: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
     """The token statistics of one update from per-row max |x| (float32, -1 = no token), its first channel
-    (int32) and the lower median |x| (float32, -1 = not computed: only candidates need one)."""
+    (int32) and the lower median |x| (float32, -1 = not computed: only candidates need one). ``listed``:
+    (rows, n) from :func:`select_candidates`, the only rows read (their medians set, the tokens counted
+    there), in one program."""
     n_rows = row_absmax.numel()
     cfg = state.config
     candidates = cfg.token_median == "candidates"
     block = ROWS_BLOCK if row_absmax.is_cuda else CPU_ROWS_BLOCK
     programs = max(1, min(triton.cdiv(n_rows, block), 2 * _num_sms(row_absmax.device.index)
                           if row_absmax.is_cuda else CPU_PROGRAMS))
+    if listed is not None:
+        programs = 1
     part_f = state.scratch("tok_part_f", programs * PARTS_PER_PROGRAM_F, torch.float64)
     part_i = state.scratch("tok_part_i", programs * PARTS_PER_PROGRAM_I, torch.int64)
     dummy = state.tok_counts
@@ -438,8 +502,10 @@ def tokens_from_rows(
         sample_ids if sample_ids is not None else dummy,
         positions if positions is not None else dummy,
         state.sun_params, state.tok_counts, state.ratio_sums, part_f, part_i,
+        listed[0] if listed is not None else dummy, listed[1] if listed is not None else dummy,
         n_rows,
-        HAS_SIDS=sample_ids is not None, HAS_POS=positions is not None, CANDIDATES=candidates, BLOCK=block,
+        HAS_SIDS=sample_ids is not None, HAS_POS=positions is not None, CANDIDATES=candidates,
+        LIST=listed is not None, BLOCK=block,
         num_warps=1,
     )
     _token_records_kernel[(1,)](

@@ -58,11 +58,14 @@ comp(R._finalize_rows_kernel, dict(rowpack_ptr="*i64", row_absmax_ptr="*fp32", r
                                    rowkey_ptr="*i64", sid_ptr="*i64", smax_ptr="*i32", oor_ptr="*i64", n_rows="i32",
                                    n_samples="i32"), dict(HAS_SIDS=True, DO_ROWS=True, DO_SAMPLES=True, BLOCK=1024))
 comp(K._topk_rows_kernel, dict(rowkey_ptr="*i64", kept_abs_ptr="*fp32", part_ptr="*i64", n_rows="i32", K="i32"), dict(KB=16, BLOCK=4096))
-for cand in (False, True):
+for cand, listed in ((False, False), (True, False), (True, True)):
     comp(T._tokens_rows_kernel, dict(row_absmax_ptr="*fp32", row_argmax_ptr="*i32", row_med_ptr="*fp32",
                                      sid_ptr="*i64", pos_ptr="*i64", params_ptr="*fp64", tok_counts_ptr="*i64",
-                                     ratio_sums_ptr="*fp64", part_f_ptr="*fp64", part_i_ptr="*i64", n_rows="i32"),
-         dict(HAS_SIDS=True, HAS_POS=cand, CANDIDATES=cand, BLOCK=256), warps=1)
+                                     ratio_sums_ptr="*fp64", part_f_ptr="*fp64", part_i_ptr="*i64",
+                                     list_ptr="*i32", list_n_ptr="*i32", n_rows="i32"),
+         dict(HAS_SIDS=True, HAS_POS=cand, CANDIDATES=cand, LIST=listed, BLOCK=256), warps=1)
+comp(T._token_candidates_kernel, dict(row_absmax_ptr="*fp32", params_ptr="*fp64", tok_counts_ptr="*i64",
+                                      list_ptr="*i32", list_n_ptr="*i32", n_rows="i32"), dict(BLOCK=4096))
 comp(K._topk_compact_kernel, dict(abs_ptr="*fp32", val_ptr="*fp32", idx_ptr="*i64", n="i32", K="i32"),
      dict(BLOCK=512, KB=16))
 comp(T._token_records_kernel, dict(part_f_ptr="*fp64", part_i_ptr="*i64", rec_f_ptr="*fp64", rec_i_ptr="*i64",

@@ -40,12 +40,17 @@ def sun_of(st: ActivationStats) -> dict:
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("token_median", ["all", "candidates"])
+@pytest.mark.parametrize("token_median", ["all", "candidates", "candidates listed"])
 @pytest.mark.parametrize("values", ["spread", "ties"])
 @pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
 @pytest.mark.parametrize("shape", [(1, 8), (37, 24), (2, 70, 16)], ids=str)
 def test_epilogue_matches_reference(triton_modules, dtype, token_median, values, masked, shape, rng):
+    """``candidates listed``: the GPU path of candidate medians, where one program lists the rows that need
+    a median (``select_candidates``, checked against the rows torch picks) and counts the tokens, and the
+    epilogue reads only the listed rows."""
     tokens = triton_modules[1]
+    listed = token_median.endswith("listed")
+    token_median = token_median.split()[0]
     make = make_values if values == "spread" else make_ties
     x = make(shape, dtype, rng)
     if values == "spread" and x.numel() > 20:
@@ -63,7 +68,13 @@ def test_epilogue_matches_reference(triton_modules, dtype, token_median, values,
     for part in parts:
         mp = mask[part] if mask is not None else None
         amax, arg, med = per_row_inputs(x2[part], mp, t_val, token_median)
-        tokens.tokens_from_rows(amax, arg, med, sids[part], pos[part], st.state)
+        if listed:
+            rows, n = tokens.select_candidates(amax, st.state)
+            picked = rows[: int(n[0])]
+            assert torch.equal(picked, (med >= 0).nonzero().flatten().int()), "listed rows"
+            tokens.tokens_from_rows(amax, arg, med, sids[part], pos[part], st.state, listed=(rows, n))
+        else:
+            tokens.tokens_from_rows(amax, arg, med, sids[part], pos[part], st.state)
         want.update(x2[part], mp, sids[part], pos[part])
     got, exp = sun_of(st), sun_of(want)
     for key in ("mean_ratio", "std_ratio"):
