@@ -18,12 +18,13 @@ REPORT: list[dict] = []
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "benchmarks" / "kernels.json"
 
 
-def cuda_time_ms(fn, *, iters: int = 20, repeats: int = 5, warmup: int = 3) -> float:
+def cuda_time_ms(fn, *, iters: int = 20, repeats: int = 5, warmup: int = 3, finish=None) -> float:
     """Median over ``repeats`` of the mean device time of ``iters`` back-to-back calls, by CUDA events.
 
     A sleep kernel queued first holds the GPU until every call is queued, so the figure is device time
     even where the host takes longer to issue a call than the GPU to run it (then :func:`issue_time_ms`
-    is the larger one: report both).
+    is the larger one: report both). ``finish`` runs before the end event: ``ActivationStats.settle``, so
+    that the side-stream work of the last call is timed too.
     """
     issue = issue_time_ms(fn, iters=max(warmup, 1))
     torch.cuda.synchronize()
@@ -34,6 +35,8 @@ def cuda_time_ms(fn, *, iters: int = 20, repeats: int = 5, warmup: int = 3) -> f
         start.record()
         for _ in range(iters):
             fn()
+        if finish is not None:
+            finish()
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) / iters)

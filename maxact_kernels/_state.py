@@ -26,10 +26,18 @@ record has key -1. Records and top-k entries are ordered by (key desc, sample as
 channel asc), so that any chunking of the updates followed by :func:`merge_states` is bit-identical to
 a single pass. Per-update scratch (row maxima, row keys...) is cached here too, sized by capacity so a
 scan with varying row counts does not allocate on every update.
+
+On a GPU the kernels that follow an update's fused pass (top-k; token medians, criterion and records) run
+on side streams, beside whatever the current stream does next, and nothing waits for them until the
+state is read: :meth:`StatsState.settle` makes the current stream wait (no host sync), and every reader
+(``summary``, ``state_dict``, merges, ``reset``...) calls it. The per-row scratch that the fused pass
+writes and the side kernels read rotates through ``SIDE_SLOTS`` slots, so an update's fused pass does not
+wait for the previous update's side kernels, only for those of the update ``SIDE_SLOTS`` before.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 
 import torch
@@ -49,6 +57,10 @@ INT64_MAX = torch.iinfo(torch.int64).max
 FLOAT32_TINY = float(torch.finfo(torch.float32).tiny)
 # Compact the top-k pending buffer after this many updates' candidates have been appended.
 TOPK_PENDING_UPDATES = 32
+# Slots of per-row scratch (16 bytes a row each) that GPU updates take in turn: an update's fused pass waits
+# for the side work of the update this many before it (StatsState.begin_side_work). Back-to-back full
+# [16384, 12288] updates: 136 us with 2 slots, 133 with 4 or 8 (scripts/probe_deferred_chains.py, H200).
+SIDE_SLOTS = int(os.environ.get("MAXACT_SIDE_SLOTS", 4))
 
 TOKEN_MEDIAN_MODES = ("all", "candidates")
 
@@ -128,7 +140,22 @@ class StatsState:
         # backend's device compaction (the Triton kernel), or None for the torch sorts below
         self.topk_compactor = None
         self._scratch: dict[str, torch.Tensor] = {}
+        # side-stream work: update count, per slot the events marking its side work done, the latest ones
+        self._updates = 0
+        self._slot_events: list[tuple] = [() for _ in range(SIDE_SLOTS)]
+        self._pending: tuple = ()
+        # the stream the state tensors were allocated on: when the state goes, it waits for the side work
+        # still writing them, before the allocator hands their memory to anything else
+        self._home_stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
         self.reset()
+
+    def __del__(self) -> None:
+        try:
+            if self._pending and self._home_stream is not None:
+                for event in self._pending:
+                    self._home_stream.wait_event(event)
+        except Exception:  # interpreter shutdown, CUDA already torn down
+            pass
 
     # ------------------------------------------------------------------ state proper
     def persistent_names(self) -> list[str]:
@@ -147,6 +174,7 @@ class StatsState:
 
     def reset(self) -> None:
         """Back to the empty state (in place: tensors keep their identity)."""
+        self.settle()
         self.counts.zero_()
         self.sums.zero_()
         self.minmax[0] = float("inf")
@@ -198,15 +226,53 @@ class StatsState:
         self.topk_index[m:].fill_(INT64_MAX)
         self.topk_fill = k
 
+    # ------------------------------------------------------------------ side-stream work
+    def begin_side_work(self) -> int:
+        """The scratch slot of a GPU update whose later kernels run on side streams; the current stream first
+        waits for the side work of the update ``SIDE_SLOTS`` before, the last reader of that slot."""
+        slot = self._updates % SIDE_SLOTS
+        self._updates += 1
+        events = self._slot_events[slot]
+        if events:
+            stream = torch.cuda.current_stream(self.device)
+            for event in events:
+                stream.wait_event(event)
+        return slot
+
+    def side_events(self, slot: int, n: int) -> tuple:
+        """``n`` events of ``slot`` to mark the end of its side work (made once, recorded by each update)."""
+        events = self._slot_events[slot]
+        if len(events) != n:
+            events = tuple(torch.cuda.Event() for _ in range(n))
+        return events
+
+    def end_side_work(self, slot: int, events: tuple) -> None:
+        """Record that ``slot``'s side work ends at ``events`` (just recorded on the side streams)."""
+        self._slot_events[slot] = events
+        self._pending = events
+
+    def settle(self) -> None:
+        """Make torch's current stream wait for this state's side-stream work queued so far (no host sync).
+
+        Needed before reading or writing the state tensors outside :meth:`ActivationStats.update`; the
+        readers of :class:`~maxact_kernels.ActivationStats` call it themselves."""
+        if self._pending:
+            stream = torch.cuda.current_stream(self.device)
+            for event in self._pending:
+                stream.wait_event(event)
+
     # ------------------------------------------------------------------ scratch
     def scratch(self, name: str, numel: int, dtype: torch.dtype, fill: float | int | None = None) -> torch.Tensor:
         """A reusable 1-D buffer of at least ``numel`` elements (first ``numel`` returned).
 
         It grows geometrically, so varying row counts allocate O(log) times; ``fill`` initialises a new
-        buffer (kernels that need a fill value keep it restored after use).
+        buffer (kernels that need a fill value keep it restored after use). Before a buffer is replaced the
+        current stream waits for the side work that may still read it (see :meth:`settle`).
         """
         buf = self._scratch.get(name)
         if buf is None or buf.numel() < numel or buf.dtype != dtype:
+            if buf is not None:
+                self.settle()
             size = max(numel, 2 * (buf.numel() if buf is not None else 0), 64)
             buf = torch.empty(size, dtype=dtype, device=self.device)
             if fill is not None:
@@ -218,6 +284,8 @@ class StatsState:
         """int64 [0, n) on the device, cached (default positions)."""
         buf = self._scratch.get("arange")
         if buf is None or buf.numel() < n:
+            if buf is not None:
+                self.settle()
             buf = torch.arange(max(n, 64, 2 * (buf.numel() if buf is not None else 0)), dtype=torch.int64,
                                device=self.device)
             self._scratch["arange"] = buf
@@ -261,6 +329,8 @@ def merge_states(dst: StatsState, src: StatsState) -> None:
     """Fold ``src`` into ``dst`` exactly (same config; ``src`` may live on another device)."""
     if dst.config != src.config:
         raise ValueError(f"cannot merge states of different configs: {dst.config} vs {src.config}")
+    dst.settle()
+    src.settle()
     dev = dst.device
 
     def other(name: str) -> torch.Tensor:

@@ -106,8 +106,19 @@ class ActivationStats:
 
     @property
     def state(self) -> StatsState:
-        """The raw device tensors (layout in :mod:`maxact_kernels._state`)."""
+        """The raw device tensors (layout in :mod:`maxact_kernels._state`), after :meth:`settle`."""
+        self._state.settle()
         return self._state
+
+    def settle(self) -> None:
+        """Make torch's current stream wait for this state's queued GPU work (no host sync).
+
+        On a GPU the kernels after each update's fused pass (top-k, token medians and records) run on side
+        streams and nothing waits for them, so that the current stream goes on with the model. Every reader
+        here (:meth:`summary`, :meth:`state_dict`, :meth:`merge`, :attr:`state`...) settles first; call it
+        yourself only to time updates with events on the current stream, or to use the tensors on another
+        stream."""
+        self._state.settle()
 
     def _backend_module(self):
         if self._impl is None:
@@ -169,8 +180,8 @@ class ActivationStats:
 
         ``mask``: bool per row (True = real token); ``sample_ids``, ``positions``: int per row
         (defaults: sample -1, position = row index within this update). No host synchronisation.
-        Work is queued on torch's current stream; with both ``topk`` and ``track_tokens`` on a GPU, the
-        top-k kernels run on a side stream that the current stream waits for before anything queued later.
+        Work is queued on torch's current stream; on a GPU the top-k and token kernels that follow the
+        fused pass run on two side streams that nothing waits for until the state is read (:meth:`settle`).
         """
         x2d, mask, sample_ids, positions = self._prepare(x, mask, sample_ids, positions)
         if x2d.shape[0] == 0:
@@ -184,6 +195,7 @@ class ActivationStats:
         """All statistics as plain Python / numpy (the one host sync). Keys: CONTRACTS.md section 1."""
         cfg = self.config
         st = self._state
+        st.settle()
         if cfg.topk:
             st.topk_compact()
         with np.errstate(all="ignore"):  # inf - inf in variances of infinite ratios -> NaN, on purpose
@@ -268,6 +280,7 @@ class ActivationStats:
 
     def quantile(self, q: float | Sequence[float]) -> float | np.ndarray:
         """Nearest-rank quantile(s) of |x| (numpy ``inverted_cdf``) from the histogram (syncs)."""
+        self._state.settle()
         return quantile_from_hist(self._state.abs_hist.cpu().numpy(), q)
 
     # ------------------------------------------------------------------ merge / checkpoint
@@ -286,6 +299,7 @@ class ActivationStats:
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Copies of the state tensors plus a ``config`` vector (checked by :meth:`load_state_dict`)."""
         st = self._state
+        st.settle()
         if self.config.topk:
             st.topk_compact()
         sd = {"config": self.config.as_tensor()}

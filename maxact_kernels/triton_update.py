@@ -6,8 +6,15 @@ row keys, per-sample maxima and per-channel maxima (the Triton rows kernel takes
 only of tensors too wide for its shared memory: see ``cuda_hist.channels_fit``); for bf16/fp16 rows
 ``cuda_median`` then takes each token's median |x| and a small Triton kernel the criterion and records. Without
 ``cuda-core`` (one warning) and on the CPU (Triton interpreter), the Triton rows kernel does all of it,
-its histogram by global atomics, and the Triton token kernel finds the medians. Top-k is Triton in both cases
-(on a GPU with tokens tracked too, on a side stream beside the token kernels).
+its histogram by global atomics, and the Triton token kernel finds the medians. Top-k is Triton in both cases.
+
+On a GPU the top-k and the token kernels run on two side streams after the fused pass, and nothing waits for
+them until the state is read (``StatsState.settle``): they overlap the next update's fused pass or the model.
+Each block of the fused pass holds a whole SM, so a kernel queued beside it can only start where it leaves
+an SM free; the fused pass leaves ``SPARE_SMS``, and the token chain of candidate medians is one-program
+(or one-block) kernels that fit there: ``triton_tokens.select_candidates`` lists the rows that need a
+median, ``cuda_median`` takes those, and the criterion and records read only them. Top-k keeps its spread-out
+launches (one program measured slower on tie-heavy data: ``triton_topk.topk_update``).
 
 Imported lazily by :mod:`maxact_kernels._backend` (the interpreter is chosen at import time).
 """
@@ -83,27 +90,34 @@ def use_cuda_hist(device: torch.device) -> bool:
     return fast
 
 
+# SMs the fused pass leaves to the side streams' one-program kernels. Measured (H200, [16384, 4096]): the
+# fused pass took 48.6-50.1 us on 130 blocks against 48.3-51.4 on 132 (scripts/trace_updates.py).
+SPARE_SMS = 2
+
+
 @functools.lru_cache(maxsize=None)
-def _side_stream(device_index: int) -> tuple[torch.cuda.Stream, torch.cuda.Event, torch.cuda.Event]:
-    """A second stream of the device, with a fork and a join event (re-recorded by every update)."""
+def _side_streams(device_index: int) -> tuple[torch.cuda.Stream, torch.cuda.Stream, torch.cuda.Event]:
+    """Two side streams of the device (top-k; token medians and records) and the event that forks them
+    from the current stream after each fused pass."""
     with torch.cuda.device(device_index):
-        return torch.cuda.Stream(), torch.cuda.Event(), torch.cuda.Event()
+        return torch.cuda.Stream(), torch.cuda.Stream(), torch.cuda.Event()
 
 
-def _fork(dev: torch.device) -> torch.cuda.Stream:
-    """The device's side stream, made to start after the work queued so far on the current stream."""
-    side, fork, _ = _side_stream(dev.index if dev.index is not None else torch.cuda.current_device())
+def _fork(dev: torch.device) -> tuple[torch.cuda.Stream, torch.cuda.Stream]:
+    """The device's side streams, made to start after the work queued so far on the current stream."""
+    top, tok, fork = _side_streams(dev.index if dev.index is not None else torch.cuda.current_device())
     fork.record(torch.cuda.current_stream(dev))
-    side.wait_event(fork)
-    return side
+    top.wait_event(fork)
+    tok.wait_event(fork)
+    return top, tok
 
 
-def _join(dev: torch.device) -> None:
-    """The current stream waits for the side stream's work (no host sync): later work on it (the next
-    update, the freeing of x) stays ordered after the side work."""
-    side, _, join = _side_stream(dev.index if dev.index is not None else torch.cuda.current_device())
-    join.record(side)
-    torch.cuda.current_stream(dev).wait_event(join)
+def _keep_alive(stream: torch.cuda.Stream, *tensors: torch.Tensor | None) -> None:
+    """The caching allocator must not hand these tensors' memory on before ``stream``'s work so far is done
+    (x and the per-row inputs are the caller's, and freed as soon as it lets go of them)."""
+    for t in tensors:
+        if t is not None:
+            t.record_stream(stream)
 
 
 @torch.no_grad()
@@ -126,11 +140,15 @@ def update(
     median_cuda = fast and cfg.track_tokens and _cuda_median_supports(x2d)
     need_rows = bool(cfg.topk) or candidates or median_cuda  # row_absmax / row_argmax / rowkey
     need_row_max = need_rows or bool(cfg.num_samples)
+    # On a GPU, what follows the fused pass runs on side streams, reading per-row scratch of slot `slot`
+    # (the state alternates two, so the next update's fused pass need not wait for this update's side work).
+    side_work = dev.type == "cuda" and bool(cfg.topk or cfg.track_tokens)
+    slot = state.begin_side_work() if side_work else 0
     row_absmax = row_argmax = rowkey = None
     if need_row_max:
-        row_absmax = state.scratch("row_absmax", n_rows, torch.float32)
-        row_argmax = state.scratch("row_argmax", n_rows, torch.int32)
-        rowkey = state.scratch("rowkey", n_rows, torch.int64)
+        row_absmax = state.scratch(f"row_absmax{slot}", n_rows, torch.float32)
+        row_argmax = state.scratch(f"row_argmax{slot}", n_rows, torch.int32)
+        rowkey = state.scratch(f"rowkey{slot}", n_rows, torch.int64)
     mask_u8 = row_mask.view(torch.uint8) if row_mask is not None else None
     # Triton launches on the current device; switch only when x lives elsewhere (the switch costs host time)
     other_gpu = dev.type == "cuda" and dev.index != torch.cuda.current_device()
@@ -148,6 +166,7 @@ def update(
                 sample_abs_max=state.sample_abs_max if samples else None,
                 sample_oor=state.sample_oor if samples else None,
                 channel_abs_max=state.channel_abs_max if fused_channels else None,
+                spare_sms=SPARE_SMS if side_work else 0,
             )
             if cfg.track_channels and not fused_channels:  # too wide for shared memory: a second pass
                 triton_rows.rows_update(x2d, mask_u8, state, do_basic=False, do_hist=False, do_channels=True,
@@ -165,23 +184,50 @@ def update(
                     rowkey=rowkey if need_rows else None,
                     sample_ids=sample_ids,
                 )
-        # The top-k and the token kernels are two chains of short, latency-bound launches that do not
-        # depend on each other: on the GPU top-k runs on a side stream, beside the token chain.
-        side = _fork(dev) if dev.type == "cuda" and cfg.topk and cfg.track_tokens else None
+        if not (cfg.topk or cfg.track_tokens):
+            return
+        # Two chains of short, latency-bound launches that depend on the fused pass and not on each other:
+        # each on its own side stream (on the CPU, in order), beside the current stream's next work.
+        top_stream, tok_stream = _fork(dev) if side_work else (None, None)
+        events = state.side_events(slot, bool(cfg.topk) + bool(cfg.track_tokens)) if side_work else ()
         if cfg.topk:
             state.topk_compactor = triton_topk.topk_compact
-            with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+            with _on(top_stream):
                 triton_topk.topk_update(x2d, rowkey, sample_ids, positions, state)
-        if median_cuda:
-            from . import cuda_median
+            _done(top_stream, events[0] if events else None, x2d, sample_ids, positions)
+        if cfg.track_tokens:
+            with _on(tok_stream):
+                if median_cuda:
+                    from . import cuda_median
 
-            row_median = state.scratch("row_median", n_rows, torch.float32)
-            # candidates: rows that may pass, or tie the running max |x| (the fused pass included x2d)
-            cuda_median.row_median(x2d, row_absmax, row_median, minmax=state.minmax if candidates else None,
-                                   params=state.sun_params if candidates else None)
-            triton_tokens.tokens_from_rows(row_absmax, row_argmax, row_median, sample_ids, positions, state)
-        elif cfg.track_tokens:
-            triton_tokens.tokens_update(x2d, mask_u8, sample_ids, positions, state,
-                                        row_absmax if candidates else None)
-        if side is not None:
-            _join(dev)
+                    row_median = state.scratch("row_median", n_rows, torch.float32)
+                    listed = None
+                    if candidates:
+                        # one program lists the rows that may pass or tie this update's max |x| (the possible
+                        # peak tokens): a handful, whose medians one block takes, on the SMs left free
+                        listed = triton_tokens.select_candidates(row_absmax, state)
+                        cuda_median.row_median(x2d, row_absmax, row_median, rows=listed[0], n_listed=listed[1],
+                                               blocks=1)
+                    else:
+                        cuda_median.row_median(x2d, row_absmax, row_median)
+                    triton_tokens.tokens_from_rows(row_absmax, row_argmax, row_median, sample_ids, positions,
+                                                   state, listed=listed)
+                else:
+                    triton_tokens.tokens_update(x2d, mask_u8, sample_ids, positions, state,
+                                                row_absmax if candidates else None)
+            _done(tok_stream, events[-1] if events else None, x2d, row_mask, sample_ids, positions)
+        if side_work:
+            state.end_side_work(slot, events)
+
+
+def _on(stream: torch.cuda.Stream | None):
+    return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
+
+
+def _done(stream: torch.cuda.Stream | None, event: torch.cuda.Event | None, *inputs: torch.Tensor | None) -> None:
+    """Mark the end of ``stream``'s work for this update with ``event``; the inputs it read stay allocated
+    until then."""
+    if stream is None:
+        return
+    _keep_alive(stream, *inputs)
+    event.record(stream)

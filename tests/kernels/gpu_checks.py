@@ -150,19 +150,61 @@ def check_median(dtype, width: int, max_vec: int, swar: int, max_grid: int = 0) 
         t_val = float(amax[has].median())  # about half the rows pass the threshold alone
         params = torch.tensor([t_val, 0.0], dtype=torch.float64, device="cuda")
         umax = torch.amax(amax)
-        # running [min, max]: the peak from the min side (ties this update's max), or an earlier, larger one
-        for name, minmax, peak in (("candidates", torch.stack([-umax, 0.5 * umax]), umax),
-                                   ("candidates, earlier peak", torch.stack([-umax, 4 * umax]), 4 * umax)):
+        # the update's own peak, or a value no row reaches (then only the threshold picks rows)
+        for name, peak in (("candidates", umax), ("candidates, peak above every row", 4 * umax)):
             need = has & ((amax.double() > t_val) | (amax == peak))
             out.fill_(-5.0)
-            cuda_median.row_median(x, amax, out, minmax=minmax, params=params)
+            cuda_median.row_median(x, amax, out, peak=peak.reshape(1), params=params)
             want_c = torch.where(need, want, -1.0)
             if not torch.equal(out, want_c):
                 bad = (out != want_c).nonzero().flatten().tolist()[:5]
                 errs.append(f"{name}: rows {bad}: {out[bad].tolist()} vs {want_c[bad].tolist()}")
+        # listed rows (candidate medians on a side stream): every third row with a token, one or two blocks;
+        # no other row of out is written
+        sel = has.nonzero().flatten()[::3]
+        listed = torch.full((rows,), -9, dtype=torch.int32, device="cuda")
+        listed[: sel.numel()] = sel.int()
+        out.fill_(-5.0)
+        cuda_median.row_median(x, amax, out, rows=listed, n_listed=torch.tensor([sel.numel()], dtype=torch.int32,
+                               device="cuda"), blocks=2 if max_grid else 1)
+        want_l = torch.full_like(want, -5.0)
+        want_l[sel] = want[sel]
+        if not torch.equal(out, want_l):
+            bad = (out != want_l).nonzero().flatten().tolist()[:5]
+            errs.append(f"listed: rows {bad}: {out[bad].tolist()} vs {want_l[bad].tolist()}")
         return errs
     finally:
         cuda_median._MAX_VEC, cuda_median._SWAR, cuda_median._MAX_GRID = saved
+
+
+def check_side_streams(token_median: str) -> list[str]:
+    """Updates whose top-k and token kernels run on side streams, unsettled between updates: inputs freed
+    right after each update (and their memory refilled with NaN at once, which a missing ``record_stream``
+    would let the side kernels read), row counts that grow (scratch replaced), two states sharing the side
+    streams, and readers in between (``state_dict``, the ``state`` property), against the reference."""
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    kw = dict(FULL, token_median=token_median, sun_abs_threshold=20.0, sun_ratio_threshold=50.0)
+    tri = [ActivationStats(1536, device="cuda", backend="triton", **kw) for _ in range(2)]
+    ref = [ActivationStats(1536, device="cuda", backend="reference", **kw) for _ in range(2)]
+    errs = []
+    for i, rows in enumerate((300, 300, 1200, 700, 4100, 4100, 2500, 9000, 9000, 64)):
+        x = make((rows, 1536), torch.bfloat16, gen)
+        mask = torch.rand(rows, generator=gen, device="cuda") > 0.1
+        sids, pos = ids(rows, 256)
+        sids = sids + 4 * i
+        for st in ref:
+            st.update(x, mask, sids, pos)
+        for st in tri:
+            st.update(x.clone(), mask.clone(), sids.clone(), pos.clone())   # temporaries, freed right away
+            torch.full((rows, 1536), float("nan"), dtype=torch.bfloat16, device="cuda")
+            torch.full((rows,), -7, dtype=torch.int64, device="cuda")
+        if i == 4:
+            tri[0].state_dict()
+        if i == 6 and int(tri[1].state.tok_counts[0]) != int(ref[1].state.tok_counts[0]):
+            errs.append(f"state property after update {i}: tok_counts differ")
+    for k, (a, b) in enumerate(zip(tri, ref)):
+        errs += [f"state {k}: {e}" for e in diff(a.summary(), b.summary())]
+    return errs
 
 
 def check_no_sync(token_median: str) -> list[str]:
@@ -213,6 +255,7 @@ def main() -> int:
                 checks[name] = lambda d=dtype, w=width, m=max_vec, s=swar, g=grid: check_median(d, w, m, s, g)
     for tm in ("all", "candidates"):
         checks[f"no host sync {tm}"] = lambda t=tm: check_no_sync(t)
+        checks[f"side streams {tm}"] = lambda t=tm: check_side_streams(t)
     wanted = [a for a in sys.argv[1:] if not a.startswith("--")]
     if wanted:
         checks = {k: v for k, v in checks.items() if any(w in k for w in wanted)}
