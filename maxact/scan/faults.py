@@ -56,21 +56,31 @@ class StateGuard:
     guard copies the live state tensors into preallocated buffers with one ``torch._foreach_copy_``
     (device-side, no host sync, a few launches for all sites) and notes the host-side counters
     (e.g. the top-k and position-0 staging fill levels); after an OOM it puts both back.
-    Only used on CUDA, where an OOM is catchable.
+    ``settle``: callables that make the current stream wait for work still queued on side streams
+    (``ActivationStats.settle``), run before both copies, so that no earlier update's side kernels land
+    in the middle of them. Only used on CUDA, where an OOM is catchable.
     """
 
-    def __init__(self, tensors: list[torch.Tensor], host: list[tuple[Any, tuple[str, ...]]] = ()):
+    def __init__(self, tensors: list[torch.Tensor], host: list[tuple[Any, tuple[str, ...]]] = (),
+                 settle: list[Callable[[], None]] = ()):
         self._live = [t for t in tensors if isinstance(t, torch.Tensor)]
         self._backup = [torch.empty_like(t) for t in self._live]
         self._host = list(host)          # (object, names of its host-side counters)
+        self._settle = list(settle)
         self._saved: list[tuple] = []
 
+    def _wait_side_work(self) -> None:
+        for fn in self._settle:
+            fn()
+
     def snapshot(self) -> None:
+        self._wait_side_work()
         if self._live:
             torch._foreach_copy_(self._backup, self._live)
         self._saved = [tuple(getattr(obj, a) for a in attrs) for obj, attrs in self._host]
 
     def restore(self) -> None:
+        self._wait_side_work()
         if self._live:
             torch._foreach_copy_(self._live, self._backup)
         for (obj, attrs), values in zip(self._host, self._saved):

@@ -323,12 +323,13 @@ def _loop(config: ScanConfig, ctx: Any, loaded: Any, batches: Any, local: list[i
 
 
 def _make_guard(states: dict[str, SiteState]) -> StateGuard:
-    tensors, host = [], []
+    tensors, host, settle = [], [], []
     for st in states.values():
         t, h = st.live()
         tensors.extend(t)
         host.extend(h)
-    return StateGuard(tensors, host)
+        settle.extend(stats.settle for stats in st.named_states().values())
+    return StateGuard(tensors, host, settle)
 
 
 def first_token_capacity(max_batch_rows: int) -> int:
