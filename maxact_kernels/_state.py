@@ -151,9 +151,8 @@ class StatsState:
 
     def __del__(self) -> None:
         try:
-            if self._pending and self._home_stream is not None:
-                for event in self._pending:
-                    self._home_stream.wait_event(event)
+            if self._home_stream is not None:
+                _wait_for(self._home_stream, self._pending)
         except Exception:  # interpreter shutdown, CUDA already torn down
             pass
 
@@ -232,11 +231,8 @@ class StatsState:
         waits for the side work of the update ``SIDE_SLOTS`` before, the last reader of that slot."""
         slot = self._updates % SIDE_SLOTS
         self._updates += 1
-        events = self._slot_events[slot]
-        if events:
-            stream = torch.cuda.current_stream(self.device)
-            for event in events:
-                stream.wait_event(event)
+        if self._slot_events[slot]:
+            _wait_for(torch.cuda.current_stream(self.device), self._slot_events[slot])
         return slot
 
     def side_events(self, slot: int, n: int) -> tuple:
@@ -257,9 +253,7 @@ class StatsState:
         Needed before reading or writing the state tensors outside :meth:`ActivationStats.update`; the
         readers of :class:`~maxact_kernels.ActivationStats` call it themselves."""
         if self._pending:
-            stream = torch.cuda.current_stream(self.device)
-            for event in self._pending:
-                stream.wait_event(event)
+            _wait_for(torch.cuda.current_stream(self.device), self._pending)
 
     # ------------------------------------------------------------------ scratch
     def scratch(self, name: str, numel: int, dtype: torch.dtype, fill: float | int | None = None) -> torch.Tensor:
@@ -293,6 +287,12 @@ class StatsState:
 
 
 # ---------------------------------------------------------------------- orders and merges
+def _wait_for(stream: torch.cuda.Stream, events: tuple) -> None:
+    """Make ``stream`` wait (on the device, no host sync) for every event of ``events``."""
+    for event in events:
+        stream.wait_event(event)
+
+
 def topk_order(abs_: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Permutation sorting entries by (abs desc, sample asc, position asc, channel asc); empty (abs < 0) last.
 

@@ -22,8 +22,8 @@ holding up to 16 16-byte vectors; W > 1 sums each step's count through shared me
 barrier of the row's warps. A persistent grid: each row's warps prefetch their next row into L2 before
 working on this one. It reads the rows that need a median once and writes one float per row.
 Rows that need one: ``row_absmax >= 0`` (the fused pass writes -1 for masked rows and rows without a
-non-NaN value) and, for candidate medians, ``row_absmax > t_val`` or ``==`` this update's max |x| (only
-such a row can become the peak token, whose median the state records); other rows get -1.
+non-NaN value); other rows get -1. Candidate medians pass a list of rows instead (``rows=``: the rows
+``triton_tokens.select_candidates`` picked), and only those are read and written.
 """
 
 from __future__ import annotations
@@ -118,12 +118,10 @@ __device__ __forceinline__ unsigned count_le(const unsigned (&k)[NW], unsigned t
     }
 }
 
-template <int DT, int NV, int W, bool CAND, bool LIST>
+template <int DT, int NV, int W, bool LIST>
 __global__ void __launch_bounds__(256) maxact_row_median(
     const char* __restrict__ x, i64 n_rows, i64 n_cols, i64 row_stride_bytes,
     const float* __restrict__ row_absmax,   /* [n_rows], -1: masked or no non-NaN value */
-    const float* __restrict__ peak_ptr,     /* CAND: this update's max |x| (its rows may be the peak token) */
-    const double* __restrict__ params,      /* CAND: params[0] = t_val */
     float* __restrict__ row_median,         /* [n_rows] out, -1 where not computed (LIST: only listed rows) */
     const int* __restrict__ list,           /* LIST: the rows to take, list[0 .. *list_n) */
     const int* __restrict__ list_n)
@@ -133,12 +131,7 @@ __global__ void __launch_bounds__(256) maxact_row_median(
     __shared__ unsigned part[2][8];         /* per warp counts, alternating steps (W > 1) */
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int grp = warp / W, wg = warp % W;
-    /* a row needs a median: it has a token (and, for candidates, may pass or may be the peak token) */
-    const float peak = CAND ? *peak_ptr : 0.f;
-    auto needs = [&](i64 r) -> bool {
-        const float rm = row_absmax[r];
-        return rm >= 0.f && (!CAND || (double)rm > params[0] || rm == peak);
-    };
+    auto needs = [&](i64 r) -> bool { return row_absmax[r] >= 0.f; };   /* the row has a token */
     auto total = [&](unsigned c, unsigned step) -> unsigned {   /* over the row's W warps */
         c = __reduce_add_sync(0xffffffffu, c);
         if (W == 1) return c;
@@ -209,8 +202,8 @@ __global__ void __launch_bounds__(256) maxact_row_median(
         return;
     }
     /* Persistent: each group of W warps walks rows first, first + stride, ... in batches of 32: each lane
-       asks whether one row of the batch needs a median (one load latency per 32 rows, not one per row:
-       most rows need none in candidate mode), writes -1 for those that do not, and the group works
+       asks whether one row of the batch needs a median (one load latency per 32 rows, not one per row),
+       writes -1 for those that do not, and the group works
        through the others. All W warps of a row take the same ballot, so a row's named barrier only sees
        warps that stay. */
     for (i64 j0 = 0; first + j0 * stride < n_rows; j0 += 32) {
@@ -235,11 +228,10 @@ def _source(swar: int | None = None, int_every: int | None = None) -> str:
             + cuda_hist.LOAD_STREAMING_SRC + _SOURCE)
 
 
-def kernel_name(dtype_code: int, nv: int, warps: int, candidates: bool, listed: bool = False) -> str:
+def kernel_name(dtype_code: int, nv: int, warps: int, listed: bool = False) -> str:
     """The instantiation for ``nv`` 16-byte vectors per lane and ``warps`` warps per row; ``listed``: the rows
     come from a list (``row_median(rows=...)``)."""
-    b = lambda f: "true" if f else "false"  # noqa: E731
-    return f"maxact_row_median<{dtype_code}, {nv}, {warps}, {b(candidates)}, {b(listed)}>"
+    return f"maxact_row_median<{dtype_code}, {nv}, {warps}, {'true' if listed else 'false'}>"
 
 
 def layout(n_cols: int) -> tuple[int, int] | None:
@@ -272,18 +264,17 @@ def supports(x2d: torch.Tensor) -> bool:
     )
 
 
-def _kernel(device_index: int, dtype_code: int, nv: int, warps: int, candidates: bool, listed: bool):
+def _kernel(device_index: int, dtype_code: int, nv: int, warps: int, listed: bool):
     """(compiled kernel, resident blocks per SM) for the current count method."""
-    return _compiled(device_index, dtype_code, nv, warps, candidates, listed, _SWAR, _INT_EVERY)
+    return _compiled(device_index, dtype_code, nv, warps, listed, _SWAR, _INT_EVERY)
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(device_index: int, dtype_code: int, nv: int, warps: int, candidates: bool, listed: bool,
-              swar: int, int_every: int):
+def _compiled(device_index: int, dtype_code: int, nv: int, warps: int, listed: bool, swar: int, int_every: int):
     cc = cuda_hist._cuda_core()
     cc.Device(device_index).set_current()
     major, minor = torch.cuda.get_device_capability(device_index)
-    name = kernel_name(dtype_code, nv, warps, candidates, listed)
+    name = kernel_name(dtype_code, nv, warps, listed)
     kernel = cuda_hist._compile(cc, _source(swar, int_every), f"sm_{major}{minor}", name).get_kernel(name)
     attrs = kernel.attributes
     logger.info("compiled %s for sm_%d%d: %d registers, %d bytes local memory",
@@ -303,19 +294,15 @@ def row_median(
     row_absmax: torch.Tensor,
     out: torch.Tensor,
     *,
-    peak: torch.Tensor | None = None,
-    params: torch.Tensor | None = None,
     rows: torch.Tensor | None = None,
     n_listed: torch.Tensor | None = None,
     blocks: int = 0,
 ) -> None:
     """Write each row's lower median |x| (float32) into ``out``, -1 where no median is needed.
 
-    ``row_absmax`` (float32[R]) is the fused pass's row max (-1: masked or no non-NaN value). With
-    ``peak`` (float32, one element: the largest row max, ``torch.amax(row_absmax)``) and ``params``
-    (float64, ``params[0]`` the criterion's absolute threshold), only candidate rows (row max > threshold or
-    == peak) get a median. With ``rows`` (int32) and ``n_listed`` (int32[1], on the device), only rows
-    ``rows[:n_listed]`` are taken (each must have a non-NaN value) and no other entry of ``out`` is written.
+    ``row_absmax`` (float32[R]) is the fused pass's row max (-1: masked or no non-NaN value). With ``rows``
+    (int32) and ``n_listed`` (int32[1], on the device), only rows ``rows[:n_listed]`` are taken (each must
+    have a non-NaN value) and no other entry of ``out`` is written.
     ``blocks`` > 0 caps the grid (a few blocks leave the other SMs to other streams). No host sync.
     """
     if not supports(x2d):
@@ -324,15 +311,12 @@ def row_median(
     n_rows, n_cols = x2d.shape
     if n_rows == 0:
         return
-    if (peak is None) != (params is None):
-        raise ValueError("peak and params go together (candidate medians)")
     listed = rows is not None
-    if listed and (n_listed is None or peak is not None or rows.dtype != torch.int32 or n_listed.dtype != torch.int32):
-        raise ValueError("rows (int32) and n_listed (int32[1]) go together, without peak and params")
+    if listed and (n_listed is None or rows.dtype != torch.int32 or n_listed.dtype != torch.int32):
+        raise ValueError("rows (int32) and n_listed (int32[1]) go together")
     nv, warps = layout(n_cols)
     dev_index = x2d.device.index if x2d.device.index is not None else torch.cuda.current_device()
-    candidates = peak is not None
-    kernel, blocks_per_sm = _kernel(dev_index, _DTYPE_CODE[x2d.dtype], nv, warps, candidates, listed)
+    kernel, blocks_per_sm = _kernel(dev_index, _DTYPE_CODE[x2d.dtype], nv, warps, listed)
     rows_per_block = (_BLOCK // 32) // warps
     grid = min(-(-n_rows // rows_per_block), cuda_hist._num_sms(dev_index) * blocks_per_sm)
     for cap in (_MAX_GRID, blocks):
@@ -345,7 +329,6 @@ def row_median(
     cc.launch(
         stream, config, kernel,
         p(x2d.data_ptr()), np.int64(n_rows), np.int64(n_cols), np.int64(x2d.stride(0) * x2d.element_size()),
-        p(row_absmax.data_ptr()), p(peak.data_ptr() if candidates else 0),
-        p(params.data_ptr() if candidates else 0), p(out.data_ptr()),
+        p(row_absmax.data_ptr()), p(out.data_ptr()),
         p(rows.data_ptr() if listed else 0), p(n_listed.data_ptr() if listed else 0),
     )

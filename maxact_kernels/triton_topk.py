@@ -7,14 +7,11 @@ Total order inside an update: (|x| desc, row asc, channel asc). Row keys ``(bits
 elements always lie in the K rows with the largest row keys (an element outside them is beaten by each
 of those rows' maxima). So:
 
-1. ``_topk_rows_kernel``: each program folds its blocks of row keys into its local top K.
-2. ``_topk_elems_kernel``: takes the top K row keys of all partials; for each of its tiles (i, cb), the
-   i-th of them (in any fixed order), its rank r among the picked rows by row index, and folds the element
-   keys ``(bits(|x|) << 32) | (0xFFFFFFFF - (r * C + c))`` of channel block cb into a local top K
-   (r * C + c < K * C < 2**32 whatever the number of rows).
-
-Kernels 1 and 2 run one block (tile) per program, or (``one_program``) one program each that loops over
-all of them.
+1. ``_topk_rows_kernel``: each program folds a block of row keys into its local top K.
+2. ``_topk_elems_kernel``, program (i, cb): takes the top K row keys of all partials, the i-th of them
+   (in any fixed order), its rank r among the picked rows by row index, and folds the element keys
+   ``(bits(|x|) << 32) | (0xFFFFFFFF - (r * C + c))`` of channel block cb into a local top K (r * C + c
+   < K * C < 2**32 whatever the number of rows).
 3. ``_topk_merge_kernel`` (one program): folds all element partials into the top K and writes
    (|x|, signed value, sample, position, channel) to the pending slots (abs -1 for empty ones).
 
@@ -44,7 +41,6 @@ CPU_ROW_BLOCK = 64
 # shared memory or barrier; more, smaller programs instead (scripts/profile_update.py: 29 -> see PERF_NOTES).
 GPU_BLOCK_C = 1024
 GPU_ROW_BLOCK = 1024
-ONE_PROGRAM_ROW_BLOCK = 4096  # row keys per step of the one-program rows kernel (8 warps)
 CAND_BLOCK = 4096  # partial candidates folded per step
 
 
@@ -120,18 +116,13 @@ def _fold_partials(part_ptr, n_parts, K, KB: tl.constexpr, BLOCK: tl.constexpr):
 
 @triton.jit
 def _topk_rows_kernel(rowkey_ptr, kept_abs_ptr, part_ptr, n_rows, K, KB: tl.constexpr, BLOCK: tl.constexpr):
-    """Program p: the top K row keys of row blocks p, p + P, ... (P programs) into part[p * K ...]; rows whose
-    max is below the threshold (no element of theirs can make the top K) count as empty."""
+    """Program p: the top K row keys of row block p into part[p * K ...]; rows whose max is below the
+    threshold (no element of theirs can make the top K) count as empty."""
     pid = tl.program_id(0)
-    n_prog = tl.num_programs(0)
     thr = _threshold_key(kept_abs_ptr, K, KB)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     keys = tl.load(rowkey_ptr + offs, mask=offs < n_rows, other=-1)
     best = _top(tl.where(keys >= thr, keys, -1), K, KB)
-    for b in range(pid + n_prog, ceil_div(n_rows, BLOCK), n_prog):
-        offs = b * BLOCK + tl.arange(0, BLOCK)
-        keys = tl.load(rowkey_ptr + offs, mask=offs < n_rows, other=-1)
-        best = _fold(best, tl.where(keys >= thr, keys, -1), K, KB)
     slots = tl.arange(0, KB)
     tl.store(part_ptr + pid * K + slots, best, mask=slots < K)
 
@@ -147,11 +138,10 @@ def _topk_elems_kernel(
     # meta-parameters
     KB: tl.constexpr, BLOCK_C: tl.constexpr, CAND_BLOCK: tl.constexpr,
 ):
-    """Program p of P: the top K element keys of the (picked row i, channel block cb) tiles t = p, p + P, ...
-    (t = i * n_cblk + cb) into elem_part[p * K ...]. Tiles of empty slots are skipped (steady state: all but
-    the rows that beat the threshold)."""
+    """Program p: the top K element keys of tile (picked row i, channel block cb), p = i * n_cblk + cb, into
+    elem_part[p * K ...]. Tiles of empty slots write no keys (steady state: all but the rows that beat the
+    threshold)."""
     pid = tl.program_id(0)
-    n_prog = tl.num_programs(0)
     slots = tl.arange(0, KB)
     picked = _fold_partials(row_part_ptr, n_row_parts, K, KB, CAND_BLOCK)
     valid = (slots < K) & (picked >= 0)
@@ -159,21 +149,20 @@ def _topk_elems_kernel(
     thr = _threshold_key(kept_abs_ptr, K, KB)
     best = _empty_best(K, KB)
     n_cblk = ceil_div(n_cols, BLOCK_C)
-    for t in range(pid, K * n_cblk, n_prog):
-        i = t // n_cblk
-        cb = t % n_cblk
-        row = reduce_min(tl.where(slots == i, rows, _I64_MAX), 0)  # INT64_MAX: no row in this slot
-        if row < _I64_MAX:
-            rank = reduce_sum((rows < row).to(tl.int64), 0)  # position among the picked rows, by row index
-            if cb == 0:
-                tl.store(sel_ptr + rank, row)
-            cols = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-            ok_c = cols < n_cols
-            ab = load_f32_bits(x_ptr + row * stride_row + cols, ok_c) & 0x7FFFFFFF
-            ok = ok_c & (ab <= 0x7F800000)
-            local = rank * n_cols + cols
-            keys = tl.where(ok, (ab.to(tl.int64) << 32) | (0xFFFFFFFF - local), -1)
-            best = _fold(best, tl.where(keys >= thr, keys, -1), K, KB)
+    i = pid // n_cblk
+    cb = pid % n_cblk
+    row = reduce_min(tl.where(slots == i, rows, _I64_MAX), 0)  # INT64_MAX: no row in this slot
+    if row < _I64_MAX:
+        rank = reduce_sum((rows < row).to(tl.int64), 0)  # position among the picked rows, by row index
+        if cb == 0:
+            tl.store(sel_ptr + rank, row)
+        cols = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+        ok_c = cols < n_cols
+        ab = load_f32_bits(x_ptr + row * stride_row + cols, ok_c) & 0x7FFFFFFF
+        ok = ok_c & (ab <= 0x7F800000)
+        local = rank * n_cols + cols
+        keys = tl.where(ok, (ab.to(tl.int64) << 32) | (0xFFFFFFFF - local), -1)
+        best = _fold(best, tl.where(keys >= thr, keys, -1), K, KB)
     tl.store(elem_part_ptr + pid * K + slots, best, mask=slots < K)
 
 
@@ -272,28 +261,24 @@ def topk_update(
     sample_ids: torch.Tensor | None,
     positions: torch.Tensor | None,
     state,
-    one_program: bool = False,
 ) -> None:
-    """Append this update's K best elements to ``state``'s pending top-k buffer (3 launches).
-
-    ``one_program``: each launch is one program that loops over its blocks, to run on an SM that a fused pass
-    leaves free. ``triton_update`` does not use it: on the benchmark's activations (20 values at or above
-    the threshold every update) the one elements program took 88-148 µs, where the spread-out launch takes
-    about 7 µs (docs/PERF_NOTES.md, kernel v13)."""
+    """Append this update's K best elements to ``state``'s pending top-k buffer (3 launches: one program
+    per block of row keys, one per (picked row, channel block) tile, one merge). A single looping program
+    per launch, to fit the SMs a fused pass leaves free, measured far slower: 88-148 µs against about 7 µs
+    for the elements kernel on the benchmark's activations (docs/PERF_NOTES.md, kernel v13)."""
     n_rows, n_cols = x2d.shape
     k = state.config.topk
     kb = max(16, triton.next_power_of_2(k))
     dev = x2d.device
     gpu = dev.type == "cuda"
-    row_block = min(triton.next_power_of_2(n_rows), (ONE_PROGRAM_ROW_BLOCK if one_program else GPU_ROW_BLOCK)
-                    if gpu else CPU_ROW_BLOCK)
-    n_row_programs = 1 if one_program else triton.cdiv(n_rows, row_block)
+    row_block = min(triton.next_power_of_2(n_rows), GPU_ROW_BLOCK if gpu else CPU_ROW_BLOCK)
+    n_row_programs = triton.cdiv(n_rows, row_block)
     row_part = state.scratch("topk_row_part", n_row_programs * k, torch.int64)
     _topk_rows_kernel[(n_row_programs,)](rowkey, state.topk_abs, row_part, n_rows, k, KB=kb, BLOCK=row_block,
                                          num_warps=_warps(dev, row_block))
     block_c = min(max(16, triton.next_power_of_2(n_cols)), GPU_BLOCK_C if gpu else CPU_BLOCK_C)
     n_cblk = triton.cdiv(n_cols, block_c)
-    n_elem_programs = 1 if one_program else k * n_cblk
+    n_elem_programs = k * n_cblk
     sel = state.scratch("topk_sel", k, torch.int64)
     elem_part = state.scratch("topk_elem_part", n_elem_programs * k, torch.int64)
     cand_block = min(CAND_BLOCK, max(16, triton.next_power_of_2(n_row_programs * k)))

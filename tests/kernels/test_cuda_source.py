@@ -76,12 +76,12 @@ def test_every_variant_compiles(nvrtc_ready, arch):
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 @pytest.mark.parametrize("swar", [0, 1])
 def test_median_kernel_compiles(nvrtc_ready, arch, swar, monkeypatch):
-    """Every per-token median instantiation ``cuda_median.layout`` can pick (every row, candidate rows, listed
-    rows), both count methods."""
+    """Every per-token median instantiation ``cuda_median.layout`` can pick (every row, listed rows), both
+    count methods."""
     monkeypatch.setattr(cuda_median, "_SWAR", swar)
     layouts = sorted({cuda_median.layout(c) for c in range(8, 32769, 8)})
-    names = [cuda_median.kernel_name(dt, nv, w, cand, listed) for dt in (0, 1) for nv, w in layouts
-             for cand, listed in ((False, False), (True, False), (False, True))]
+    names = [cuda_median.kernel_name(dt, nv, w, listed) for dt in (0, 1) for nv, w in layouts
+             for listed in (False, True)]
     ok, log, ptx = _compile(arch, names, cuda_median._source())
     assert ok, log
     assert ptx.count(b".entry") == len(names)

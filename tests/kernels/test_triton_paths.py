@@ -44,29 +44,6 @@ def test_wide_rows_block_by_block(tiny_blocks, dtype, token_median, rng):
     check_summary(st.summary(), want, "triton")
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_topk_one_program(tiny_blocks, monkeypatch, dtype, rng):
-    """Top-k as it runs on a GPU side stream: one program per kernel, looping over several row blocks and
-    (row, channel block) tiles, over updates that first fill the top K and then filter by its threshold."""
-    topk = tiny_blocks[2]
-    monkeypatch.setattr(topk, "CPU_ROW_BLOCK", 8)
-    plain = topk.topk_update
-    monkeypatch.setattr(topk, "topk_update", lambda *a, **kw: plain(*a, **dict(kw, one_program=True)))
-    st = ActivationStats(41, device="cpu", backend="triton", topk=6)
-    ref = ActivationStats(41, device="cpu", backend="reference", topk=6)
-    for i, rows in enumerate((30, 19, 30)):
-        x = make_values((rows, 41), dtype, rng)
-        if i == 2:
-            x[4, 40] = 5e4                     # a late record
-        sids = torch.full((rows,), i, dtype=torch.int64)
-        st.update(x, sample_ids=sids)
-        ref.update(x, sample_ids=sids)
-    a, b = st.summary()["topk"], ref.summary()["topk"]
-    assert len(b["abs"]) == 6
-    for key in b:
-        assert a[key].tolist() == b[key].tolist(), key
-
-
 def test_scratch_reuse_across_sizes(rng):
     """Row scratch grows and is reused; the packed row buffer must be restored to -1 after each use."""
     st = ActivationStats(10, device="cpu", backend="triton", topk=3, num_samples=2)
