@@ -66,6 +66,9 @@ _FLAT = int(os.environ.get("MAXACT_CUDA_FLAT", 1))
 _WHOLE = 2   # the rows layout drops bounds tests: 2 on rows of whole warps or chunks, 1 chunks only, 0 none
 # Visit rows last to first: the end of a tensor its producer just wrote is the part still in L2.
 _REVERSE = int(os.environ.get("MAXACT_CUDA_REVERSE", 1))
+# Launch with programmatic stream serialization on sm_90+ (0 turns it off): a pass queued right after
+# another (back-to-back updates) is scheduled during the other's epilogue instead of after its end.
+_PDL = int(os.environ.get("MAXACT_CUDA_PDL", 1))
 # Shared bytes of the histogram window (WBINS + 8 words: dump slot, rare counts); channel maxima follow.
 _SH_HIST_BYTES = (8192 + 8) * 4
 _CH_DIRTY_BYTES = 160 * 4   # bitmap of raised channel groups, before the channel maxima
@@ -105,6 +108,19 @@ typedef long long i64;
    combined first); with the 1 read from constant memory the compiler cannot see it and emits a plain
    ATOMS.ADD. On an H200 both ran at the same speed on random data, and POPC.INC 4x faster on constant
    data (every lane on one bin), so it is the default (scripts/gpu_check_cuda_hist.py, variant "atoms-add"). */
+/* Programmatic dependent launch (sm_90+): a launch with programmatic stream serialization may start
+   before the kernel ahead of it on the stream has finished. griddepcontrol.wait holds this grid until that
+   kernel has completed and its writes are visible, so nothing before it may touch global memory;
+   launch_dependents lets the next such launch be scheduled once every block of this grid has reached it.
+   Both are no-ops on a plain launch. */
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define MAXACT_GRID_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
+#define MAXACT_LAUNCH_DEPENDENTS() asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
+#else
+#define MAXACT_GRID_WAIT() do {} while (0)
+#define MAXACT_LAUNCH_DEPENDENTS() do {} while (0)
+#endif
+
 __constant__ unsigned maxact_one = 1u;
 __device__ __forceinline__ void hist_inc(unsigned* p) {
 #if MAXACT_HIST_INC
@@ -564,6 +580,9 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
     unsigned* sh = smem;                               /* [SH_HIST_WORDS] */
     unsigned* chw = sh + SH_HIST_WORDS + CH_DIRTY_WORDS;     /* channel maxima (CH), after their bitmap */
     for (int i = threadIdx.x; i < SH_HIST_WORDS + (CH ? CH_DIRTY_WORDS : 0); i += blockDim.x) sh[i] = 0u;
+    /* Launched with programmatic stream serialization, this grid may be resident while the kernel before
+       it (the previous update's pass, or the producer of x) finishes: only shared memory is touched above. */
+    MAXACT_GRID_WAIT();
     if (CH) {
         /* start from the global maxima, rounded towards zero in the input's width */
         const int nch = (int)((n_cols + 7) & ~7LL);
@@ -785,6 +804,9 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
         }
     }
 
+    /* This block reads no more of x: the next pass may be scheduled (it waits for this grid's end before
+       it reads or writes global memory), so its launch and shared-memory set-up overlap this epilogue. */
+    MAXACT_LAUNCH_DEPENDENTS();
     if (DT != 2) {   /* fold the packed min/max of the finite fast path */
         a.mn = fminf(a.mn, fminf(unpack<DT == 2 ? 0 : DT>(pmn, 0), unpack<DT == 2 ? 0 : DT>(pmn, 1)));
         a.mx = fmaxf(a.mx, fmaxf(unpack<DT == 2 ? 0 : DT>(pmx, 0), unpack<DT == 2 ? 0 : DT>(pmx, 1)));
@@ -1037,7 +1059,7 @@ def fused_stats(
 
     cc = _cuda_core()
     stream = _stream(torch.cuda.current_stream(x2d.device).cuda_stream)
-    config = cc.LaunchConfig(grid=grid, block=_BLOCK, shmem_size=shmem)
+    config = _launch_config(cc, grid, shmem, _PDL and _supports_pdl(dev_index))
     p = np.uintp  # pointer-sized kernel parameters
     cc.launch(
         stream, config, kernel,
@@ -1050,6 +1072,24 @@ def fused_stats(
         p(_ptr(sample_oor)),
         p(_ptr(channel_abs_max)), np.int32(_REVERSE),
     )
+
+
+@functools.lru_cache(maxsize=None)
+def _supports_pdl(device_index: int) -> bool:
+    """Programmatic dependent launch needs sm_90+ and a cuda-core whose LaunchConfig takes it (0.4+)."""
+    if torch.cuda.get_device_capability(device_index)[0] < 9:
+        return False
+    try:
+        _cuda_core().LaunchConfig(grid=1, block=32, programmatic_stream_serialization=True)
+    except TypeError:
+        return False
+    return True
+
+
+def _launch_config(cc, grid: int, shmem: int, pdl: bool):
+    if pdl:
+        return cc.LaunchConfig(grid=grid, block=_BLOCK, shmem_size=shmem, programmatic_stream_serialization=True)
+    return cc.LaunchConfig(grid=grid, block=_BLOCK, shmem_size=shmem)
 
 
 def _whole(row_vectors: int, dtype: torch.dtype) -> int:

@@ -71,6 +71,20 @@ def test_every_variant_compiles(nvrtc_ready, arch):
     # one entry point per instantiation, each with the dynamic shared memory it needs declared extern
     assert ptx.count(b".entry") == len(VARIANTS)
     assert b".extern .shared" in ptx
+    # programmatic dependent launch on sm_90: every entry waits for the grid before it and releases the next
+    n_pdl = len(VARIANTS) if arch == "sm_90" else 0
+    assert ptx.count(b"griddepcontrol.wait") == n_pdl
+    assert ptx.count(b"griddepcontrol.launch_dependents") == n_pdl
+
+
+def test_launch_config_pdl():
+    cc = pytest.importorskip("cuda.core", reason="cuda-core is not installed (extra 'cuda')")
+    plain = cuda_hist._launch_config(cc, 130, 40000, False)
+    pdl = cuda_hist._launch_config(cc, 130, 40000, True)
+    assert not plain.programmatic_stream_serialization
+    assert pdl.programmatic_stream_serialization
+    for cfg in (plain, pdl):
+        assert cfg.grid == (130, 1, 1) and cfg.block == (cuda_hist._BLOCK, 1, 1) and cfg.shmem_size == 40000
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
