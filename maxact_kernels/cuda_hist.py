@@ -37,7 +37,10 @@ in shared memory, so each block issues one set of global atomics.
 
 Semantics are those of ``maxact_kernels.reference`` (see DESIGN.md); the state tensors are the ones
 ActivationStats owns. Compiled once per (device, dtype, variant) through ``cuda.core`` (NVRTC) and
-launched on torch's current stream, so no host synchronisation happens.
+launched on torch's current stream, so no host synchronisation happens. On sm_90 the launch is a
+programmatic dependent launch: it may be scheduled while the kernel before it on the stream finishes, and
+waits for that kernel before it touches global memory; so back-to-back updates do not pay a whole kernel
+boundary each (basic [16384, 4096] update 42.0 -> 40.6 µs on an H200, ``scripts/probe_pdl.py``).
 """
 
 from __future__ import annotations
