@@ -2,7 +2,9 @@
 state (device time, the benchmark's bf16 activations rotated over three inputs), the same updates with
 ``cuda_hist._PDL`` set to 0 and 1 in turn (two rounds each), against a copy timed in the same run. Then the
 summaries of states updated with and without it are compared (they must be equal).
-Usage: PYTHONPATH=. python scripts/probe_pdl.py"""
+With ``between``: only basic updates with a mask on [16384, 4096], with nothing, an event record, or a wait on
+an event long complete queued between them (what a full update's side streams put between its passes), off
+and on. Usage: PYTHONPATH=. python scripts/probe_pdl.py [between]"""
 
 import sys
 
@@ -60,6 +62,42 @@ def same(a, b, close=False):
     a, b = np.asarray(a), np.asarray(b)
     return np.array_equal(a, b, equal_nan=a.dtype.kind == "f" and b.dtype.kind == "f")
 
+
+def between(shape=(16384, 4096)):
+    xs = [activations(shape, dev, seed) for seed in range(3)]
+    mask = torch.ones(shape[0], dtype=torch.bool, device=dev)
+    dst = torch.empty_like(xs[0])
+    copy = cuda_time_ms(lambda: dst.copy_(xs[0]))
+    done = torch.cuda.Event()
+    done.record()
+    torch.cuda.synchronize()
+    mark = torch.cuda.Event()
+    stream = torch.cuda.current_stream()
+    for kind in ("nothing", "event record", "wait on a done event"):
+        row = [f"basic mask, {kind:20s} between {str(list(shape)):15s} copy {copy * 1e3:6.1f} us"]
+        for pdl in (0, 1, 0, 1):
+            cuda_hist._PDL = pdl
+            st = ActivationStats(shape[1], device=dev)
+            turn = [0]
+
+            def update():
+                turn[0] = (turn[0] + 1) % len(xs)
+                st.update(xs[turn[0]], mask)
+                if kind == "event record":
+                    mark.record(stream)
+                elif kind != "nothing":
+                    stream.wait_event(done)
+
+            update()
+            t = cuda_time_ms(update, iters=20, repeats=5)
+            row.append(f"pdl={pdl} {t * 1e3:6.1f} us {copy / (2 * t):.3f}")
+        print(" | ".join(row), flush=True)
+    cuda_hist._PDL = 1
+
+
+if sys.argv[1:] == ["between"]:
+    between()
+    sys.exit(0)
 
 for shape in [(16384, 4096), (16384, 12288), (4096, 1536)]:
     xs = [activations(shape, dev, seed) for seed in range(3)]
