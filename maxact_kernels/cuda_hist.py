@@ -107,10 +107,6 @@ typedef long long i64;
 #define MAXACT_HIST_INC 0
 #endif
 
-/* Shared histogram increment. atomicAdd(p, 1) compiles to ATOMS.POPC.INC (lanes on one address are
-   combined first); with the 1 read from constant memory the compiler cannot see it and emits a plain
-   ATOMS.ADD. On an H200 both ran at the same speed on random data, and POPC.INC 4x faster on constant
-   data (every lane on one bin), so it is the default (scripts/gpu_check_cuda_hist.py, variant "atoms-add"). */
 /* Programmatic dependent launch (sm_90+): a launch with programmatic stream serialization may start
    before the kernel ahead of it on the stream has finished. griddepcontrol.wait holds this grid until that
    kernel has completed and its writes are visible, so nothing before it may touch global memory;
@@ -124,6 +120,10 @@ typedef long long i64;
 #define MAXACT_LAUNCH_DEPENDENTS() do {} while (0)
 #endif
 
+/* Shared histogram increment. atomicAdd(p, 1) compiles to ATOMS.POPC.INC (lanes on one address are
+   combined first); with the 1 read from constant memory the compiler cannot see it and emits a plain
+   ATOMS.ADD. On an H200 both ran at the same speed on random data, and POPC.INC 4x faster on constant
+   data (every lane on one bin), so it is the default (scripts/gpu_check_cuda_hist.py, variant "atoms-add"). */
 __constant__ unsigned maxact_one = 1u;
 __device__ __forceinline__ void hist_inc(unsigned* p) {
 #if MAXACT_HIST_INC
@@ -1079,7 +1079,7 @@ def fused_stats(
 
 @functools.lru_cache(maxsize=None)
 def _supports_pdl(device_index: int) -> bool:
-    """Programmatic dependent launch needs sm_90+ and a cuda-core whose LaunchConfig takes it (0.4+)."""
+    """Programmatic dependent launch needs sm_90+ and a cuda-core whose LaunchConfig takes it."""
     if torch.cuda.get_device_capability(device_index)[0] < 9:
         return False
     try:
