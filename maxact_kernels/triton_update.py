@@ -141,7 +141,8 @@ def update(
     need_rows = bool(cfg.topk) or candidates or median_cuda  # row_absmax / row_argmax / rowkey
     need_row_max = need_rows or bool(cfg.num_samples)
     # On a GPU, what follows the fused pass runs on side streams, reading per-row scratch of slot `slot`
-    # (the state alternates two, so the next update's fused pass need not wait for this update's side work).
+    # (the state rotates SIDE_SLOTS of them, so a fused pass waits only for the side work of the update that
+    # many before, not for this one's).
     side_work = dev.type == "cuda" and bool(cfg.topk or cfg.track_tokens)
     slot = state.begin_side_work() if side_work else 0
     row_absmax = row_argmax = rowkey = None
