@@ -24,15 +24,17 @@ attribute              dtype[shape]           meaning
 The key of the max-ratio record is the ratio, that of the peak record the token's max |x|; an empty
 record has key -1. Records and top-k entries are ordered by (key desc, sample asc, position asc,
 channel asc), so that any chunking of the updates followed by :func:`merge_states` is bit-identical to
-a single pass. Per-update scratch (row maxima, row keys...) is cached here too, sized by capacity so a
+a single pass. Per-update scratch (row maxima, medians...) is cached here too, sized by capacity so a
 scan with varying row counts does not allocate on every update.
 
 On a GPU the kernels that follow an update's fused pass (top-k; token medians, criterion and records) run
 on side streams, beside whatever the current stream does next, and nothing waits for them until the
 state is read: :meth:`StatsState.settle` makes the current stream wait (no host sync), and every reader
-(``summary``, ``state_dict``, merges, ``reset``...) calls it. The per-row scratch that the fused pass
-writes and the side kernels read rotates through ``SIDE_SLOTS`` slots, so an update's fused pass does not
-wait for the previous update's side kernels, only for those of the update ``SIDE_SLOTS`` before.
+(``summary``, ``state_dict``, merges, ``reset``...) calls it. What the fused pass hands to the side
+kernels (the row maxima, and x itself) is kept allocated for them by the caching allocator
+(``record_stream``), so an update's fused pass waits for no side work; only every ``SIDE_LAG``-th update
+the current stream waits for the side work of the update ``SIDE_LAG`` before, which bounds how far the
+side streams, and the inputs they keep alive, fall behind.
 """
 
 from __future__ import annotations
@@ -57,10 +59,10 @@ INT64_MAX = torch.iinfo(torch.int64).max
 FLOAT32_TINY = float(torch.finfo(torch.float32).tiny)
 # Compact the top-k pending buffer after this many updates' candidates have been appended.
 TOPK_PENDING_UPDATES = 32
-# Slots of per-row scratch (16 bytes a row each) that GPU updates take in turn: an update's fused pass waits
-# for the side work of the update this many before it (StatsState.begin_side_work). Back-to-back full
-# [16384, 12288] updates: 136 us with 2 slots, 133 with 4 or 8 (scripts/probe_deferred_chains.py, H200).
-SIDE_SLOTS = int(os.environ.get("MAXACT_SIDE_SLOTS", 4))
+# Every this-many-th GPU update, the current stream waits for the side work of the update this many before
+# (StatsState.begin_side_work). A wait between two fused passes costs more than itself: the second pass can no
+# longer launch early (programmatic dependent launch), so waits are rare, not one per update.
+SIDE_LAG = int(os.environ.get("MAXACT_SIDE_LAG", 8))
 
 TOKEN_MEDIAN_MODES = ("all", "candidates")
 
@@ -142,7 +144,7 @@ class StatsState:
         self._scratch: dict[str, torch.Tensor] = {}
         # side-stream work: update count, per slot the events marking its side work done, the latest ones
         self._updates = 0
-        self._slot_events: list[tuple] = [() for _ in range(SIDE_SLOTS)]
+        self._slot_events: list[tuple] = [() for _ in range(SIDE_LAG)]
         self._pending: tuple = ()
         # the stream the state tensors were allocated on: when the state goes, it waits for the side work
         # still writing them, before the allocator hands their memory to anything else
@@ -227,11 +229,11 @@ class StatsState:
 
     # ------------------------------------------------------------------ side-stream work
     def begin_side_work(self) -> int:
-        """The scratch slot of a GPU update whose later kernels run on side streams; the current stream first
-        waits for the side work of the update ``SIDE_SLOTS`` before, the last reader of that slot."""
-        slot = self._updates % SIDE_SLOTS
+        """The slot (0 .. SIDE_LAG - 1) of a GPU update whose later kernels run on side streams; at slot 0 the
+        current stream first waits for the side work of the update ``SIDE_LAG`` before."""
+        slot = self._updates % SIDE_LAG
         self._updates += 1
-        if self._slot_events[slot]:
+        if slot == 0 and self._slot_events[slot]:
             _wait_for(torch.cuda.current_stream(self.device), self._slot_events[slot])
         return slot
 

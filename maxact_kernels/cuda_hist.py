@@ -7,8 +7,9 @@ reads each element once and, in the same pass, updates
 * the exact |x| histogram (bin = float32 bits of |x| >> 16, NaN excluded, inf in bin 32640),
 * counts (non-NaN, NaN, +inf, -inf), sum / sum of squares / sum of |x| over finite values, min and max
   over non-NaN values,
-* optionally per row: max |x|, the first channel attaining it, the packed top-k row key, and the
-  per-sample peak (atomic max into ``sample_abs_max[sample_id]``),
+* optionally per row: max |x| (a packed max per 16-byte vector, one warp reduction per row) and the
+  per-sample peak (atomic max into ``sample_abs_max[sample_id]``); the channel that attains it is looked
+  up afterwards in the rows of the token records alone (``triton_tokens.tokens_from_rows``),
 * optionally the per-channel max |x| (up to 37888 channels in bf16/fp16, 18944 in fp32; wider tensors
   take a Triton pass).
 
@@ -180,7 +181,8 @@ struct Acc {
     unsigned n;                 /* elements of valid rows, NaN included (lane 0 of each warp) */
     unsigned shb;               /* shared address of the histogram window, opaque to the compiler */
     unsigned cht;               /* CH: a lower bound of the shared maxima of every channel this thread
-                                   visits, as |x| bits in the input's width (see lane_channel_floor) */
+                                   visits, as |x| bits in the input's width (see lane_channel_floor),
+                                   in both halves for 16-bit types (one packed compare per vector) */
 };
 
 /* One element. fs/fs2/fsa are fp32 partials of the current 16-byte vector. With HS (bf16), elements
@@ -189,13 +191,12 @@ struct Acc {
 template <bool ROWS, bool HS>
 __device__ __forceinline__ void visit(float v, unsigned* sh, u64* ghist, Acc& a,
                                       float& fs, float& fs2, float& fsa,
-                                      float& rmax, int& rarg, int ch) {
+                                      float& rmax) {
     const unsigned ab = __float_as_uint(v) & 0x7fffffffu;
     const float x = __uint_as_float(ab);
     a.mn = fminf(a.mn, v);
     a.mx = fmaxf(a.mx, v);
-    /* the smaller channel wins a tie, whatever order the vectors come in; NaN never wins */
-    if (ROWS && (x > rmax || (x == rmax && ch < rarg))) { rmax = x; rarg = ch; }
+    if (ROWS) rmax = fmaxf(rmax, x);                  /* NaN never wins */
     const float vf = ab < 0x7f800000u ? v : 0.f;      /* sums skip inf and NaN */
     const unsigned w = (ab >> 16) - WLO;
     fs += vf;
@@ -377,7 +378,7 @@ __device__ __forceinline__ unsigned window_offsets(unsigned w) {
 template <int DT, bool ROWS, bool CH>
 __device__ __forceinline__ void visit_vec16(const unsigned wv[4], const unsigned aw[4], unsigned vmax,
                                             unsigned* sh, unsigned* chw, Acc& a, unsigned& pmn,
-                                            unsigned& pmx, float& rmax, int& rarg, int ch0) {
+                                            unsigned& pmx, unsigned& rpk, int ch0) {
     constexpr int D = DT == 2 ? 0 : DT;   /* keeps the 16-bit helpers instantiable */
     #pragma unroll
     for (int k = 0; k < 4; ++k) { pmn = pmin<D>(pmn, wv[k]); pmx = pmax<D>(pmx, wv[k]); }
@@ -401,19 +402,12 @@ __device__ __forceinline__ void visit_vec16(const unsigned wv[4], const unsigned
         }
     }
     if (DT != 0) { a.s += (double)fs; a.s2 += (double)fs2; a.sa += (double)fsa; }
-    if (ROWS) {
-        const unsigned hi = max(vmax & 0xffffu, vmax >> 16);
-        const float vm = DT == 0 ? __uint_as_float(hi << 16) : half_to_float((unsigned short)hi);
-        if (vm > rmax || (vm == rmax && ch0 < rarg)) {   /* rare after the first vectors: first channel */
-            rmax = vm;
-            #pragma unroll
-            for (int j = 7; j >= 0; --j) {
-                if (fabsf(unpack<D>(wv[j >> 1], j & 1)) == vm) rarg = ch0 + j;
-            }
-        }
-    }
-    /* a vector whose max |x| is at most every one of this thread's channel maxima raises none of them */
-    if (CH && max(vmax & 0xffffu, vmax >> 16) > a.cht) ch_max_vec16(chw, ch0, aw);
+    /* the row's max |x| stays packed (one instruction per vector); finish_row unpacks it. Where it lies is
+       found later, only for the rows that need it (cuda_median) */
+    if (ROWS) rpk = umax16x2(rpk, vmax);
+    /* a vector whose max |x| is at most every one of this thread's channel maxima (a.cht, in both halves)
+       raises none of them */
+    if (CH && umax16x2(vmax, a.cht) != a.cht) ch_max_vec16(chw, ch0, aw);
 }
 
 /* One 16-byte vector of fp32 with no inf or NaN. Every element does one shared atomic: its window bin,
@@ -421,7 +415,7 @@ __device__ __forceinline__ void visit_vec16(const unsigned wv[4], const unsigned
    redone once per vector: zeros on the shared zero count, the rest on the global histogram. */
 template <bool ROWS, bool CH>
 __device__ __forceinline__ void visit_vec32(const unsigned wv[4], unsigned* sh, u64* ghist, unsigned* chw,
-                                            Acc& a, float& rmax, int& rarg, int ch0) {
+                                            Acc& a, float& rmax, int ch0) {
     float v[4];
     unsigned bn[4], aw[4];
     #pragma unroll
@@ -452,13 +446,7 @@ __device__ __forceinline__ void visit_vec32(const unsigned wv[4], unsigned* sh, 
             }
         }
     }
-    if (ROWS && (vm > rmax || (vm == rmax && ch0 < rarg))) {
-        rmax = vm;
-        #pragma unroll
-        for (int j = 3; j >= 0; --j) {
-            if (fabsf(v[j]) == vm) rarg = ch0 + j;
-        }
-    }
+    if (ROWS) rmax = fmaxf(rmax, vm);
     if (CH && __float_as_uint(vm) > a.cht) ch_max_vec32(chw, ch0, aw);
 }
 
@@ -482,7 +470,7 @@ template <> struct NanAbove<2> { static constexpr unsigned V = 0x7f800000u; };
 template <int DT, bool ROWS, bool CH>
 __device__ __forceinline__ bool process_vec(uint4& q, int ch0, unsigned* sh, u64* hist, unsigned* chw,
                                             Acc& a, unsigned& pmn, unsigned& pmx,
-                                            float& rmax, int& rarg) {
+                                            float& rmax, unsigned& rpk) {
     constexpr int PER_WORD = (DT == 2) ? 1 : 2;
     const unsigned wv[4] = {q.x, q.y, q.z, q.w};
     if (DT == 2) {
@@ -490,7 +478,7 @@ __device__ __forceinline__ bool process_vec(uint4& q, int ch0, unsigned* sh, u64
         #pragma unroll
         for (int k = 0; k < 4; ++k) nonfinite |= (wv[k] & 0x7f800000u) == 0x7f800000u;
         if (nonfinite == 0u) {
-            visit_vec32<ROWS, CH>(wv, sh, hist, chw, a, rmax, rarg, ch0);
+            visit_vec32<ROWS, CH>(wv, sh, hist, chw, a, rmax, ch0);
             return false;
         }
     } else {
@@ -504,7 +492,7 @@ __device__ __forceinline__ bool process_vec(uint4& q, int ch0, unsigned* sh, u64
         constexpr unsigned ADD_HI = (0x8000u - HI) * 0x10001u;
         constexpr unsigned ADD_LO = (0x8000u - LO) * 0x10001u;
         if ((((vmax + ADD_HI) | ~(vmin + ADD_LO)) & 0x80008000u) == 0u) {
-            visit_vec16<DT, ROWS, CH>(wv, aw, vmax, sh, chw, a, pmn, pmx, rmax, rarg, ch0);
+            visit_vec16<DT, ROWS, CH>(wv, aw, vmax, sh, chw, a, pmn, pmx, rpk, ch0);
             return DT == 0;                    /* bf16: its signed sum is the caller's MMA */
         }
     }
@@ -513,8 +501,7 @@ __device__ __forceinline__ bool process_vec(uint4& q, int ch0, unsigned* sh, u64
     for (int k = 0; k < 4; ++k) {
         #pragma unroll
         for (int h = 0; h < PER_WORD; ++h) {
-            visit<ROWS, DT == 0>(unpack<DT>(wv[k], h), sh, hist, a, fs, fs2, fsa, rmax, rarg,
-                                 ch0 + k * PER_WORD + h);
+            visit<ROWS, DT == 0>(unpack<DT>(wv[k], h), sh, hist, a, fs, fs2, fsa, rmax);
             const unsigned ab = abits_of<DT>(wv[k], h);
             if (CH && ab <= NanAbove<DT>::V) ch_max_elem<DT>(chw, ch0 + k * PER_WORD + h, ab);
         }
@@ -538,24 +525,21 @@ __device__ __forceinline__ void mma_fold(Acc& a, const uint4 (&q)[UNROLL]) {
     a.s += (double)macc[0] + (double)macc[2];
 }
 
-/* End of a row: warp arg-max (larger value wins, the smaller channel breaks ties), then lane 0 writes the
-   row outputs and the per-sample peak (sid: the row's sample id, loaded by the caller ahead of time). */
-__device__ __forceinline__ void finish_row(i64 row, int lane, float rmax, int rarg,
-                                           float* row_absmax, int* row_argmax, i64* rowkey,
-                                           i64 sid, float* sample_max, i64 n_samples,
+/* End of a row: the warp's max |x| (rmax from the element path and fp32, rpk the packed max of the 16-bit
+   fast path, 0 when no vector took it: its |x| are never 0), then lane 0 writes the row max (-1: no
+   non-NaN value) and the per-sample peak (sid: the row's sample id, loaded by the caller ahead of time). */
+template <int DT>
+__device__ __forceinline__ void finish_row(i64 row, int lane, float rmax, unsigned rpk,
+                                           float* row_absmax, i64 sid, float* sample_max, i64 n_samples,
                                            i64* sample_oor) {
-    #pragma unroll
-    for (int off = 16; off > 0; off >>= 1) {
-        float om = __shfl_down_sync(0xffffffffu, rmax, off);
-        int oa = __shfl_down_sync(0xffffffffu, rarg, off);
-        if (om > rmax || (om == rmax && oa >= 0 && (rarg < 0 || oa < rarg))) { rmax = om; rarg = oa; }
+    if (DT != 2 && rpk != 0u) {
+        const unsigned hi = max(rpk & 0xffffu, rpk >> 16);
+        rmax = fmaxf(rmax, DT == 0 ? __uint_as_float(hi << 16) : half_to_float((unsigned short)hi));
     }
+    /* as int, -1.f is negative and every |x| (+0 to inf) orders as its value: one REDUX */
+    rmax = __int_as_float(__reduce_max_sync(0xffffffffu, __float_as_int(rmax)));
     if (lane == 0) {
         row_absmax[row] = rmax;
-        row_argmax[row] = rmax >= 0.f ? rarg : -1;
-        rowkey[row] = rmax >= 0.f
-            ? (((i64)__float_as_int(rmax)) << 32) | (i64)(0xffffffffu - (unsigned)row)
-            : (i64)-1;
         if (sample_max != nullptr && rmax >= 0.f) {
             if (sid >= 0 && sid < n_samples) atomicMax((int*)(sample_max + sid), __float_as_int(rmax));
             else atomicAdd((u64*)sample_oor, 1ull);
@@ -573,7 +557,7 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
     double* __restrict__ sums,                         /* [3] */
     float* __restrict__ minmax,                        /* [2] */
     u64* __restrict__ hist,                            /* [32768] */
-    float* __restrict__ row_absmax, int* __restrict__ row_argmax, i64* __restrict__ rowkey,
+    float* __restrict__ row_absmax,                    /* [n_rows] when ROWS: max |x|, -1 none */
     const i64* __restrict__ sample_ids,                /* [n_rows] or null */
     float* __restrict__ sample_max, i64 n_samples, i64* __restrict__ sample_oor,
     float* __restrict__ channel_max,                   /* [n_cols] when CH */
@@ -626,13 +610,13 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
     auto phys = [&](i64 r) { return reverse ? n_rows - 1 - r : r; };
     auto next_valid = [&](i64 r) {
         while (r < n_rows && mask != nullptr && mask[phys(r)] == 0) {
-            if (ROWS && lane == 0) { const i64 p = phys(r); row_absmax[p] = -1.f; row_argmax[p] = -1; rowkey[p] = -1; }
+            if (ROWS && lane == 0) row_absmax[phys(r)] = -1.f;
             r += step;
         }
         return r;
     };
-    float rmax = -1.f;
-    int rarg = -1;
+    float rmax = -1.f;   /* ROWS: the row's max |x| so far, -1 none (element path, fp32) */
+    unsigned rpk = 0u;   /* ROWS: the packed max |x| of the 16-bit fast path, 0 none */
     if (FLAT) {
         /* The basic update of a contiguous tensor without a mask (no row outputs, no channel maxima): rows
            do not matter, so each block reads tiles of blockDim x UNROLL vectors, all its threads side by
@@ -661,7 +645,7 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
         };
         auto eat = [&](uint4 (&q)[UNROLL]) {
             #pragma unroll
-            for (int u = 0; u < UNROLL; ++u) process_vec<DT, false, false>(q[u], 0, sh, hist, chw, a, pmn, pmx, rmax, rarg);
+            for (int u = 0; u < UNROLL; ++u) process_vec<DT, false, false>(q[u], 0, sh, hist, chw, a, pmn, pmx, rmax, rpk);
             if (DT == 0) mma_fold<UNROLL>(a, q);
         };
         uint4 qa[UNROLL], qb[UNROLL];
@@ -694,7 +678,7 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
             }
             #pragma unroll
             for (int u = 0; u < UNROLL; ++u) {
-                if (in[u]) process_vec<DT, false, false>(qa[u], 0, sh, hist, chw, a, pmn, pmx, rmax, rarg);
+                if (in[u]) process_vec<DT, false, false>(qa[u], 0, sh, hist, chw, a, pmn, pmx, rmax, rpk);
             }
             if (DT == 0) mma_fold<UNROLL>(a, qa);
         }
@@ -708,11 +692,6 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
         constexpr int CHUNK = 32 * UNROLL;
         const int cpr = (nvec + CHUNK - 1) / CHUNK;
         i64 row = next_valid((i64)blockIdx.x * nwarps + warp);
-        /* A lane visits the same vectors of every row, so its channel floor holds for the whole block. (Warps
-           used to start each row at their own chunk, to race less on shared maxima: with the floor almost
-           no vector races, and dropping the rotation took the channel maxima from 11.4 to 2.1 us of a
-           [16384, 4096] pass, scripts/gpu_check_cuda_hist.py on the H200: fewer registers and spills.) */
-        if (CH) a.cht = lane_channel_floor<DT>(chw, lane, nvec);
         int c = 0;   /* the chunk of the current row */
         /* the next load: its address (lane included) and how many vectors remain in its row from it */
         const uint4* lp = nullptr;
@@ -758,7 +737,7 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
                     /* WHOLE 1: no lane past the row's end; 2: the whole warp's slot is in the row or none of
                        it, slot 0 always. A vector summed on the rare path comes back zeroed. */
                     if (WHOLE == 1 || u == 0 || v0 - lane + 32 * u < nvec) {
-                        process_vec<DT, ROWS, CH>(cur[u], (v0 + 32 * u) * PV, sh, hist, chw, a, pmn, pmx, rmax, rarg);
+                        process_vec<DT, ROWS, CH>(cur[u], (v0 + 32 * u) * PV, sh, hist, chw, a, pmn, pmx, rmax, rpk);
                         msum[u] = cur[u];
                     } else {
                         msum[u] = make_uint4(0u, 0u, 0u, 0u);
@@ -767,18 +746,23 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
                 }
                 msum[u] = make_uint4(0u, 0u, 0u, 0u);
                 if (v0 + 32 * u < nvec && process_vec<DT, ROWS, CH>(cur[u], (v0 + 32 * u) * PV, sh, hist, chw, a,
-                                                                   pmn, pmx, rmax, rarg))
+                                                                   pmn, pmx, rmax, rpk))
                     msum[u] = cur[u];
             }
             if (DT == 0) mma_fold<UNROLL>(a, msum);
             if (cur_c == cpr - 1) {
                 if (lane == 0) a.n += (unsigned)n_cols;
-                if (ROWS) finish_row(phys(cur_row), lane, rmax, rarg, row_absmax, row_argmax, rowkey,
-                                     sid_cur, sample_max, n_samples, sample_oor);
-                rmax = -1.f; rarg = -1;
+                if (ROWS) finish_row<DT>(phys(cur_row), lane, rmax, rpk, row_absmax, sid_cur, sample_max, n_samples,
+                                         sample_oor);
+                rmax = -1.f; rpk = 0u;
             }
             return more;
         };
+        /* A lane visits the same vectors of every row, so its channel floor holds for the whole block. (Warps
+           used to start each row at their own chunk, to race less on shared maxima: with the floor almost
+           no vector races, and dropping the rotation took the channel maxima from 11.4 to 2.1 us of a
+           [16384, 4096] pass, scripts/gpu_check_cuda_hist.py on the H200: fewer registers and spills.) */
+        if (CH) a.cht = lane_channel_floor<DT>(chw, lane, nvec) * (DT == 2 ? 1u : 0x10001u);
         uint4 qa[UNROLL], qb[UNROLL];
         if (row < n_rows) {
             start_row(row);
@@ -791,7 +775,7 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
             for (i64 c = lane; c < n_cols; c += 32) {
                 float fs = 0.f, fs2 = 0.f, fsa = 0.f;
                 const float v = load_scalar<DT>(rp, c);
-                visit<ROWS, DT == 0>(v, sh, hist, a, fs, fs2, fsa, rmax, rarg, (int)c);
+                visit<ROWS, DT == 0>(v, sh, hist, a, fs, fs2, fsa, rmax);
                 a.s += (double)fs; a.s2 += (double)fs2; a.sa += (double)fsa;
                 if (CH) {
                     const unsigned ab = DT == 2 ? (__float_as_uint(v) & 0x7fffffffu)
@@ -800,10 +784,10 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
                 }
             }
             if (lane == 0) a.n += (unsigned)n_cols;
-            if (ROWS) finish_row(phys(row), lane, rmax, rarg, row_absmax, row_argmax, rowkey,
-                                 sample_ids != nullptr ? sample_ids[phys(row)] : (i64)-1,
-                                 sample_max, n_samples, sample_oor);
-            rmax = -1.f; rarg = -1;
+            if (ROWS) finish_row<DT>(phys(row), lane, rmax, rpk, row_absmax,
+                                     sample_ids != nullptr ? sample_ids[phys(row)] : (i64)-1,
+                                     sample_max, n_samples, sample_oor);
+            rmax = -1.f; rpk = 0u;
         }
     }
 
@@ -993,8 +977,6 @@ def fused_stats(
     abs_hist: torch.Tensor,
     *,
     row_absmax: torch.Tensor | None = None,
-    row_argmax: torch.Tensor | None = None,
-    rowkey: torch.Tensor | None = None,
     sample_ids: torch.Tensor | None = None,
     sample_abs_max: torch.Tensor | None = None,
     sample_oor: torch.Tensor | None = None,
@@ -1005,8 +987,9 @@ def fused_stats(
 
     Reads ``x2d`` once (rows * channels * itemsize bytes) and writes only the small state tensors.
     ``counts`` int64[4], ``sums`` float64[3], ``minmax`` float32[2], ``abs_hist`` int64[32768] are
-    accumulated into. When ``row_absmax`` is given, ``row_argmax`` (int32) and ``rowkey`` (int64) must be
-    too: they are overwritten for every row (-1 for masked rows and rows with no non-NaN value).
+    accumulated into. ``row_absmax`` (float32[rows]), when given, is overwritten with each row's max |x|
+    (-1 for masked rows and rows with no non-NaN value); which channel holds it is looked up later, in
+    the few rows that need one (the token records: ``triton_tokens.tokens_from_rows``).
     ``sample_abs_max`` (float32[N], values >= 0) takes an atomic max per row at ``sample_ids[row]``;
     ids outside [0, N) are counted in ``sample_oor``. ``channel_abs_max`` (float32[C], values >= 0)
     takes the per-channel max |x| (only when :func:`channels_fit`). ``spare_sms``: SMs left to kernels of
@@ -1025,10 +1008,8 @@ def fused_stats(
     if n_rows >= 2**32:
         raise ValueError("fused_stats takes fewer than 2**32 rows per call; split the update")
     rows = row_absmax is not None
-    if rows and (row_argmax is None or rowkey is None):
-        raise ValueError("row_absmax, row_argmax and rowkey go together")
     if sample_abs_max is not None and (not rows or sample_oor is None):
-        raise ValueError("per-sample peaks need the row outputs and sample_oor")
+        raise ValueError("per-sample peaks need row_absmax and sample_oor")
     if row_mask is not None:
         row_mask = row_mask.reshape(-1)
         if row_mask.dtype != torch.bool:
@@ -1069,7 +1050,7 @@ def fused_stats(
         p(x2d.data_ptr()), np.int64(n_rows), np.int64(n_cols), np.int64(x2d.stride(0) * esize),
         p(_ptr(row_mask)),
         p(counts.data_ptr()), p(sums.data_ptr()), p(minmax.data_ptr()), p(abs_hist.data_ptr()),
-        p(_ptr(row_absmax)), p(_ptr(row_argmax)), p(_ptr(rowkey)),
+        p(_ptr(row_absmax)),
         p(_ptr(sample_ids)),
         p(_ptr(sample_abs_max)), np.int64(0 if sample_abs_max is None else sample_abs_max.numel()),
         p(_ptr(sample_oor)),

@@ -22,8 +22,9 @@ holding up to 16 16-byte vectors; W > 1 sums each step's count through shared me
 barrier of the row's warps. A persistent grid: each row's warps prefetch their next row into L2 before
 working on this one. It reads the rows that need a median once and writes one float per row.
 Rows that need one: ``row_absmax >= 0`` (the fused pass writes -1 for masked rows and rows without a
-non-NaN value); other rows get -1. Candidate medians pass a list of rows instead (``rows=``: the rows
-``triton_tokens.select_candidates`` picked), and only those are read and written.
+non-NaN value); other rows get -1. Candidate medians take only the rows that may pass the criterion or
+tie the update's max |x|: from a list (``rows=``), or listed by the kernel itself (``select=``, what a GPU
+update does: one launch instead of two on its side stream), and only those are read and written.
 """
 
 from __future__ import annotations
@@ -118,13 +119,31 @@ __device__ __forceinline__ unsigned count_le(const unsigned (&k)[NW], unsigned t
     }
 }
 
-template <int DT, int NV, int W, bool LIST>
+/* 32 consecutive row maxima from row `first` (-1 past n): 16-byte loads, all in flight at once */
+__device__ __forceinline__ void load_row_max32(const float* __restrict__ p, i64 first, i64 n, float (&v)[32]) {
+    #pragma unroll
+    for (int q = 0; q < 8; ++q) {
+        const i64 i = first + 4 * q;
+        if (i + 3 < n) {
+            const float4 f = *(const float4*)(p + i);
+            v[4 * q] = f.x; v[4 * q + 1] = f.y; v[4 * q + 2] = f.z; v[4 * q + 3] = f.w;
+        } else {
+            #pragma unroll
+            for (int k = 0; k < 4; ++k) v[4 * q + k] = i + k < n ? p[i + k] : -1.f;
+        }
+    }
+}
+
+/* SRC 0: every row with a token; 1: the rows list[0 .. *list_n); 2: select them first (see row_median) */
+template <int DT, int NV, int W, int SRC>
 __global__ void __launch_bounds__(256) maxact_row_median(
     const char* __restrict__ x, i64 n_rows, i64 n_cols, i64 row_stride_bytes,
     const float* __restrict__ row_absmax,   /* [n_rows], -1: masked or no non-NaN value */
-    float* __restrict__ row_median,         /* [n_rows] out, -1 where not computed (LIST: only listed rows) */
-    const int* __restrict__ list,           /* LIST: the rows to take, list[0 .. *list_n) */
-    const int* __restrict__ list_n)
+    float* __restrict__ row_median,         /* [n_rows] out, -1 where not computed (SRC 1, 2: only listed rows) */
+    int* __restrict__ list,                 /* SRC 1: the rows to take; 2: written, the rows taken */
+    int* __restrict__ list_n,               /* SRC 1: their number; 2: written */
+    const double* __restrict__ params,      /* SRC 2: params[0], the criterion's |x| threshold */
+    i64* __restrict__ tok_counts)           /* SRC 2: [0] += the rows with a token */
 {
     constexpr int NW = NV * 4;
     constexpr unsigned INF = KeyInf<DT>::V;
@@ -195,7 +214,66 @@ __global__ void __launch_bounds__(256) maxact_row_median(
         if (wg == 0 && lane == 0) row_median[row] = half_value<DT>(lo);
     };
     const i64 first = (i64)blockIdx.x * (8 / W) + grp;
-    if (LIST) {
+    if (SRC == 2) {
+        /* Candidate medians: the rows that may pass the criterion (max > params[0]) or tie this update's max
+           |x| (the possible peak tokens). Every block reads the row maxima and lists the same rows in the same
+           order (each thread owns 32 consecutive rows of a chunk; an exclusive scan of the per-thread counts
+           places them), so the list it then reads back is its own writing; block 0 also counts the tokens
+           and publishes the list's length. Two reads of the maxima, all loads of a chunk in flight: this
+           replaces a one-program Triton kernel and a launch on the side stream's critical path. */
+        __shared__ int red_top[8];
+        __shared__ unsigned red_n[8];
+        __shared__ int scan_w[8];
+        const int tid = threadIdx.x;
+        constexpr int NT = 256;
+        int top_i = __float_as_int(-1.f);   /* as int, -1.f is below every |x| */
+        unsigned n_tok = 0u;
+        for (i64 c0 = 0; c0 < n_rows; c0 += 32 * NT) {
+            float v[32];
+            load_row_max32(row_absmax, c0 + 32 * tid, n_rows, v);
+            #pragma unroll
+            for (int k = 0; k < 32; ++k) { top_i = max(top_i, __float_as_int(v[k])); n_tok += v[k] >= 0.f; }
+        }
+        top_i = __reduce_max_sync(0xffffffffu, top_i);
+        n_tok = __reduce_add_sync(0xffffffffu, n_tok);
+        if (lane == 0) { red_top[warp] = top_i; red_n[warp] = n_tok; }
+        __syncthreads();
+        top_i = red_top[0]; n_tok = red_n[0];
+        #pragma unroll
+        for (int w = 1; w < NT / 32; ++w) { top_i = max(top_i, red_top[w]); n_tok += red_n[w]; }
+        if (blockIdx.x == 0 && tid == 0 && n_tok) atomicAdd((unsigned long long*)tok_counts, (unsigned long long)n_tok);
+        const float top = __int_as_float(top_i);
+        const double t_val = params[0];
+        int n_list = 0;   /* block-uniform */
+        for (i64 c0 = 0; c0 < n_rows; c0 += 32 * NT) {
+            float v[32];
+            load_row_max32(row_absmax, c0 + 32 * tid, n_rows, v);
+            unsigned take = 0u;
+            #pragma unroll
+            for (int k = 0; k < 32; ++k) take |= (unsigned)(v[k] >= 0.f && ((double)v[k] > t_val || v[k] == top)) << k;
+            /* exclusive scan of the per-thread counts: within the warp by shuffles, across warps in shared */
+            const int c = __popc(take);
+            int incl = c;
+            #pragma unroll
+            for (int off = 1; off < 32; off <<= 1) {
+                const int o = __shfl_up_sync(0xffffffffu, incl, off);
+                if (lane >= off) incl += o;
+            }
+            __syncthreads();   /* the previous chunk's readers of scan_w are done */
+            if (lane == 31) scan_w[warp] = incl;
+            __syncthreads();
+            int at = n_list + incl - c, total = 0;
+            #pragma unroll
+            for (int w = 0; w < NT / 32; ++w) { at += w < warp ? scan_w[w] : 0; total += scan_w[w]; }
+            for (unsigned t = take; t != 0u; t &= t - 1u) list[at++] = (int)(c0 + 32 * tid + __ffs(t) - 1);
+            n_list += total;
+        }
+        if (blockIdx.x == 0 && tid == 0) *list_n = n_list;
+        __syncthreads();   /* this block's list writes are visible to all its threads */
+        for (i64 j = first; j < n_list; j += stride) median_row(list[j], j + stride < n_list ? list[j + stride] : -1);
+        return;
+    }
+    if (SRC == 1) {
         /* the rows someone picked (candidate medians: a handful per update, see triton_tokens) */
         const i64 n_list = *list_n;
         for (i64 j = first; j < n_list; j += stride) median_row(list[j], j + stride < n_list ? list[j + stride] : -1);
@@ -228,10 +306,11 @@ def _source(swar: int | None = None, int_every: int | None = None) -> str:
             + cuda_hist.LOAD_STREAMING_SRC + _SOURCE)
 
 
-def kernel_name(dtype_code: int, nv: int, warps: int, listed: bool = False) -> str:
-    """The instantiation for ``nv`` 16-byte vectors per lane and ``warps`` warps per row; ``listed``: the rows
-    come from a list (``row_median(rows=...)``)."""
-    return f"maxact_row_median<{dtype_code}, {nv}, {warps}, {'true' if listed else 'false'}>"
+def kernel_name(dtype_code: int, nv: int, warps: int, source: int = 0) -> str:
+    """The instantiation for ``nv`` 16-byte vectors per lane and ``warps`` warps per row; ``source`` of the
+    rows: 0 every row with a token, 1 a given list (``row_median(rows=...)``), 2 selected by the kernel
+    (``row_median(select=...)``)."""
+    return f"maxact_row_median<{dtype_code}, {nv}, {warps}, {int(source)}>"
 
 
 def layout(n_cols: int) -> tuple[int, int] | None:
@@ -264,17 +343,17 @@ def supports(x2d: torch.Tensor) -> bool:
     )
 
 
-def _kernel(device_index: int, dtype_code: int, nv: int, warps: int, listed: bool):
+def _kernel(device_index: int, dtype_code: int, nv: int, warps: int, source: int):
     """(compiled kernel, resident blocks per SM) for the current count method."""
-    return _compiled(device_index, dtype_code, nv, warps, listed, _SWAR, _INT_EVERY)
+    return _compiled(device_index, dtype_code, nv, warps, source, _SWAR, _INT_EVERY)
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(device_index: int, dtype_code: int, nv: int, warps: int, listed: bool, swar: int, int_every: int):
+def _compiled(device_index: int, dtype_code: int, nv: int, warps: int, source: int, swar: int, int_every: int):
     cc = cuda_hist._cuda_core()
     cc.Device(device_index).set_current()
     major, minor = torch.cuda.get_device_capability(device_index)
-    name = kernel_name(dtype_code, nv, warps, listed)
+    name = kernel_name(dtype_code, nv, warps, source)
     kernel = cuda_hist._compile(cc, _source(swar, int_every), f"sm_{major}{minor}", name).get_kernel(name)
     attrs = kernel.attributes
     logger.info("compiled %s for sm_%d%d: %d registers, %d bytes local memory",
@@ -297,12 +376,17 @@ def row_median(
     rows: torch.Tensor | None = None,
     n_listed: torch.Tensor | None = None,
     blocks: int = 0,
+    select: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
     """Write each row's lower median |x| (float32) into ``out``, -1 where no median is needed.
 
     ``row_absmax`` (float32[R]) is the fused pass's row max (-1: masked or no non-NaN value). With ``rows``
-    (int32) and ``n_listed`` (int32[1], on the device), only rows ``rows[:n_listed]`` are taken (each must
+    (int32[R]) and ``n_listed`` (int32[1], on the device), only rows ``rows[:n_listed]`` are taken (each must
     have a non-NaN value) and no other entry of ``out`` is written.
+    ``select`` = (params, tok_counts) makes the kernel list those rows itself, into ``rows`` and ``n_listed``:
+    the candidate medians of the Sun criterion, the rows whose max |x| exceeds ``params[0]`` (float64) or
+    equals this update's largest (in rising row order); it also adds the number of rows with a token to
+    ``tok_counts[0]`` (int64).
     ``blocks`` > 0 caps the grid (a few blocks leave the other SMs to other streams). No host sync.
     """
     if not supports(x2d):
@@ -314,9 +398,13 @@ def row_median(
     listed = rows is not None
     if listed and (n_listed is None or rows.dtype != torch.int32 or n_listed.dtype != torch.int32):
         raise ValueError("rows (int32) and n_listed (int32[1]) go together")
+    if select is not None and not (listed and rows.numel() >= n_rows and row_absmax.data_ptr() % 16 == 0):
+        raise ValueError("select needs rows (int32, one per row) and n_listed to write, and 16-byte aligned row_absmax")
+    source = 2 if select is not None else int(listed)
+    params, tok_counts = select if select is not None else (None, None)
     nv, warps = layout(n_cols)
     dev_index = x2d.device.index if x2d.device.index is not None else torch.cuda.current_device()
-    kernel, blocks_per_sm = _kernel(dev_index, _DTYPE_CODE[x2d.dtype], nv, warps, listed)
+    kernel, blocks_per_sm = _kernel(dev_index, _DTYPE_CODE[x2d.dtype], nv, warps, source)
     rows_per_block = (_BLOCK // 32) // warps
     grid = min(-(-n_rows // rows_per_block), cuda_hist._num_sms(dev_index) * blocks_per_sm)
     for cap in (_MAX_GRID, blocks):
@@ -331,4 +419,5 @@ def row_median(
         p(x2d.data_ptr()), np.int64(n_rows), np.int64(n_cols), np.int64(x2d.stride(0) * x2d.element_size()),
         p(row_absmax.data_ptr()), p(out.data_ptr()),
         p(rows.data_ptr() if listed else 0), p(n_listed.data_ptr() if listed else 0),
+        p(params.data_ptr() if params is not None else 0), p(tok_counts.data_ptr() if tok_counts is not None else 0),
     )

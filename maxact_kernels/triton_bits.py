@@ -54,11 +54,5 @@ def reduce_min(x, axis: tl.constexpr):
 
 
 @triton.jit
-def cumsum(x, axis: tl.constexpr):
-    """Inclusive prefix sum (tl.cumsum is a standard-library jit function: see above)."""
-    return tl.associative_scan(x, axis, tl.standard._sum_combine)
-
-
-@triton.jit
 def ceil_div(a, b):
     return (a + b - 1) // b

@@ -13,8 +13,8 @@ cost one atomic per channel per program, whatever the width. Feature flags are c
   the portable path; on NVIDIA GPUs ``cuda_hist.py`` does it in shared memory.
 * ``DO_CHANNELS``: max |x| per channel (atomic max on the int32 bits, valid since |x| >= 0).
 * ``DO_ROWPACK``: per row ``(bits(max|x|) << 32) | (0xFFFFFFFF - first channel attaining it)`` by an
-  int64 atomic max across channel blocks; ``_finalize_rows_kernel`` turns it into ``row_absmax``,
-  ``row_argmax``, ``rowkey`` and the per-sample maxima, and restores it to -1 for the next update.
+  int64 atomic max across channel blocks; ``_finalize_rows_kernel`` turns it into ``row_absmax`` and the
+  per-sample maxima, and restores it to -1 for the next update.
 
 Bytes: reads R x C x itemsize once (masked rows are not read); writes the small state tensors, plus
 8 bytes per row for the packed row maxima when requested.
@@ -149,14 +149,13 @@ def _rows_kernel(
 @triton.jit
 def _finalize_rows_kernel(
     # pointers
-    rowpack_ptr, row_absmax_ptr, row_argmax_ptr, rowkey_ptr, sid_ptr, smax_ptr, oor_ptr,
+    rowpack_ptr, row_absmax_ptr, sid_ptr, smax_ptr, oor_ptr,
     # sizes
     n_rows, n_samples,
     # meta-parameters
     HAS_SIDS: tl.constexpr, DO_ROWS: tl.constexpr, DO_SAMPLES: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """Decode the packed row maxima: row_absmax (-1: masked or all NaN), row_argmax (-1 likewise),
-    rowkey = (bits(max) << 32) | (0xFFFFFFFF - row) (-1 likewise); per-sample max |x| by atomic max
+    """Decode the packed row maxima: row_absmax (-1: masked or all NaN); per-sample max |x| by atomic max
     on the int32 bits (one atomic for all rows of the block's first sample); count rows with a
     non-NaN value whose sample id is outside [0, n_samples). Resets the packed buffer to -1."""
     pid = tl.program_id(0)
@@ -169,11 +168,7 @@ def _finalize_rows_kernel(
         has = pack >= 0
         amax = (pack >> 32).to(tl.int32)
         if DO_ROWS:
-            first = (0xFFFFFFFF - (pack & 0xFFFFFFFF)).to(tl.int32)
             tl.store(row_absmax_ptr + rows, tl.where(has, amax.to(tl.float32, bitcast=True), -1.0), mask=row_in)
-            tl.store(row_argmax_ptr + rows, tl.where(has, first, -1), mask=row_in)
-            key = (amax.to(tl.int64) << 32) | (0xFFFFFFFF - rows.to(tl.int64))
-            tl.store(rowkey_ptr + rows, tl.where(has, key, -1), mask=row_in)
         if DO_SAMPLES:
             if HAS_SIDS:
                 sid = tl.load(sid_ptr + rows, mask=row_in, other=-1)
@@ -260,12 +255,10 @@ def finalize_rows(
     state,
     *,
     row_absmax: torch.Tensor | None,
-    row_argmax: torch.Tensor | None,
-    rowkey: torch.Tensor | None,
     sample_ids: torch.Tensor | None,
 ) -> None:
-    """Launch ``_finalize_rows_kernel``: row outputs when ``row_absmax`` is given, per-sample maxima when
-    the state tracks samples. Reads 8 bytes per row (+8 for sample ids), writes 16 per row."""
+    """Launch ``_finalize_rows_kernel``: the row maxima when ``row_absmax`` is given, per-sample maxima when
+    the state tracks samples. Reads 8 bytes per row (+8 for sample ids), writes 12 per row."""
     n_rows = rowpack.numel()
     do_rows = row_absmax is not None
     do_samples = bool(state.config.num_samples)
@@ -279,7 +272,7 @@ def finalize_rows(
     dummy = state.counts
     _finalize_rows_kernel[grid](
         rowpack,
-        row_absmax if do_rows else dummy, row_argmax if do_rows else dummy, rowkey if do_rows else dummy,
+        row_absmax if do_rows else dummy,
         sample_ids if sample_ids is not None else dummy,
         state.sample_abs_max.view(torch.int32) if do_samples else dummy,
         state.sample_oor if do_samples else dummy,

@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from ._state import FLOAT32_TINY
-from .triton_bits import INTERPRETED, ceil_div, cumsum, load_f32_bits, reduce_max, reduce_min, reduce_sum  # noqa: F401
+from .triton_bits import INTERPRETED, ceil_div, load_f32_bits, reduce_max, reduce_min, reduce_sum  # noqa: F401
 
 
 _I32_MAX = tl.constexpr(2147483647)
@@ -283,47 +283,21 @@ def _tokens_kernel(
 
 
 @triton.jit
-def _token_candidates_kernel(row_absmax_ptr, params_ptr, tok_counts_ptr, list_ptr, list_n_ptr, n_rows,
-                             BLOCK: tl.constexpr):
-    """One program: the update's token count into the state, and the rows that need a median for candidate
-    medians, in row order: those whose max exceeds t_val (they may pass) or equals the update's max |x|
-    (the possible peak tokens), ``list[0 .. *list_n)``. Two reads of the row maxima; the compaction runs
-    only for blocks that hold a candidate (a handful per update)."""
-    t_val = tl.load(params_ptr)
-    offs = tl.arange(0, BLOCK)
-    peak = tl.full([BLOCK], -1.0, dtype=tl.float32)
-    n_tok = tl.full([BLOCK], 0, dtype=tl.int32)
-    for r0 in range(0, n_rows, BLOCK):
-        tmax = tl.load(row_absmax_ptr + r0 + offs, mask=r0 + offs < n_rows, other=-1.0)
-        peak = tl.maximum(peak, tmax)
-        n_tok += (tmax >= 0).to(tl.int32)
-    top = reduce_max(peak, 0)
-    tl.atomic_add(tok_counts_ptr + 0, reduce_sum(n_tok, 0).to(tl.int64), sem="relaxed")
-    n_list = reduce_sum(n_tok * 0, 0)   # an int32 scalar tensor (loop-carried)
-    for r0 in range(0, n_rows, BLOCK):
-        rows = r0 + offs
-        tmax = tl.load(row_absmax_ptr + rows, mask=rows < n_rows, other=-1.0)
-        take = (tmax >= 0) & ((tmax.to(tl.float64) > t_val) | (tmax == top))
-        n_take = reduce_sum(take.to(tl.int32), 0)
-        if n_take > 0:
-            at = n_list + cumsum(take.to(tl.int32), 0) - 1
-            tl.store(list_ptr + at, rows, mask=take)
-        n_list += n_take
-    tl.store(list_n_ptr, n_list)
-
-
-@triton.jit
 def _tokens_rows_kernel(
-    row_absmax_ptr, row_argmax_ptr, row_med_ptr, sid_ptr, pos_ptr, params_ptr,
+    row_absmax_ptr, row_med_ptr, sid_ptr, pos_ptr, params_ptr,
     tok_counts_ptr, ratio_sums_ptr, part_f_ptr, part_i_ptr, list_ptr, list_n_ptr,
+    rec_f_ptr, rec_i_ptr, x_ptr, stride_row, n_cols,
     n_rows,
     HAS_SIDS: tl.constexpr, HAS_POS: tl.constexpr, CANDIDATES: tl.constexpr, LIST: tl.constexpr,
-    BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """The criterion, counts and records from per-row max, argmax and median computed elsewhere (the fused
-    CUDA pass and ``cuda_median``): ``row_absmax`` -1 = masked or no non-NaN value, ``row_med`` -1 = no
-    median taken (candidates). Same results as ``_tokens_kernel``, reading a few bytes per row. ``LIST``:
-    only the rows ``list[0 .. *list_n)`` (from ``_token_candidates_kernel``, which counted the tokens)."""
+    """The criterion, counts and records from per-row max and median computed elsewhere (the fused CUDA
+    pass and ``cuda_median``): ``row_absmax`` -1 = masked or no non-NaN value, ``row_med`` -1 = no median
+    taken (candidates). Same results as ``_tokens_kernel``, reading a few bytes per row, except the records'
+    channel: left -1 here, found by ``_token_records_kernel`` (``FIND_CHANNEL``) in the winning rows alone.
+    ``LIST``: only the rows ``list[0 .. *list_n)`` (from ``cuda_median``'s selection, which counted the
+    tokens), in one program, which then folds its records into the state's
+    itself (``_fold_records``: no second launch on the side stream)."""
     pid = tl.program_id(0)
     n_prog = tl.num_programs(0)
     t_val = tl.load(params_ptr)
@@ -347,7 +321,7 @@ def _tokens_rows_kernel(
             rows = items
         tmax = tl.load(row_absmax_ptr + rows, mask=row_in, other=-1.0)
         tmed = tl.load(row_med_ptr + rows, mask=row_in, other=-1.0)
-        arg = tl.load(row_argmax_ptr + rows, mask=row_in, other=-1)
+        arg = (rows * 0 - 1).to(tl.int32)
         if not LIST:
             n_tok += (tmax >= 0).to(tl.int32)
         valid = (tmax >= 0) & (tmed >= 0)
@@ -358,12 +332,27 @@ def _tokens_rows_kernel(
             HAS_SIDS, HAS_POS, CANDIDATES)
     _finish_tokens(tok_counts_ptr, ratio_sums_ptr, part_f_ptr, part_i_ptr, pid, n_tok, n_pass, r_sum, r_sq,
                    k0, s0, p0, r0, x0, m0, a0, k1, s1, p1, r1, x1, m1, a1, CANDIDATES)
+    if LIST:
+        tl.debug_barrier()   # the partials just written, read back by the whole program
+        _fold_records(part_f_ptr, part_i_ptr, rec_f_ptr, rec_i_ptr, x_ptr, stride_row, n_cols, 1,
+                      16, True, BLOCK_C)
 
 
 @triton.jit
-def _token_records_kernel(part_f_ptr, part_i_ptr, rec_f_ptr, rec_i_ptr, n_parts, BLOCK_P: tl.constexpr):
-    """One program: fold the per-program partial records into the state's two records (ties keep the
-    state's record, which came from an earlier update)."""
+def _token_records_kernel(part_f_ptr, part_i_ptr, rec_f_ptr, rec_i_ptr, x_ptr, stride_row, n_cols, n_parts,
+                          BLOCK_P: tl.constexpr, FIND_CHANNEL: tl.constexpr, BLOCK_C: tl.constexpr):
+    """One program: ``_fold_records``."""
+    _fold_records(part_f_ptr, part_i_ptr, rec_f_ptr, rec_i_ptr, x_ptr, stride_row, n_cols, n_parts,
+                  BLOCK_P, FIND_CHANNEL, BLOCK_C)
+
+
+@triton.jit
+def _fold_records(part_f_ptr, part_i_ptr, rec_f_ptr, rec_i_ptr, x_ptr, stride_row, n_cols, n_parts,
+                  BLOCK_P: tl.constexpr, FIND_CHANNEL: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Fold the per-program partial records into the state's two records (ties keep the state's record,
+    which came from an earlier update). ``FIND_CHANNEL``: the partials carry no channel, and a record taken
+    here reads its row of x for the first channel attaining the row's max |x| (one row per record that
+    changes, rather than every row's channel in the pass over x)."""
     p = tl.arange(0, BLOCK_P)
     pin = p < n_parts
     for rec in tl.static_range(2):
@@ -386,9 +375,31 @@ def _token_records_kernel(part_f_ptr, part_i_ptr, rec_f_ptr, rec_i_ptr, n_parts,
         take = (m >= 0) & ((m > old_k) | ((m == old_k) & ((s < old_s) | ((s == old_s) & (q < old_p)))))
         wf = part_f_ptr + w * 6 + rec * 3
         wi = part_i_ptr + w * 8 + rec * 4
+        channel = tl.load(wi + 2)
+        if FIND_CHANNEL:
+            channel = _first_channel(x_ptr, r, stride_row, n_cols, tl.load(wf + 1), take, BLOCK_C)
         for j in tl.static_range(3):
             tl.store(rec_f_ptr + rec * 3 + j, tl.load(wf + j), mask=take)
+        for j in tl.static_range(2):
             tl.store(rec_i_ptr + rec * 3 + j, tl.load(wi + j), mask=take)
+        tl.store(rec_i_ptr + rec * 3 + 2, channel, mask=take)
+
+
+@triton.jit
+def _first_channel(x_ptr, row, stride_row, n_cols, tmax, take, BLOCK_C: tl.constexpr):
+    """The first channel of row ``row`` whose |x| equals ``tmax`` (the row's max |x|, exact in float32);
+    reads the row only when ``take``."""
+    cols0 = tl.arange(0, BLOCK_C)
+    first = row * 0 - 1
+    if take:
+        first = row * 0 + n_cols
+        for c0 in range(0, n_cols, BLOCK_C):
+            cols = c0 + cols0
+            inb = cols < n_cols
+            v = tl.load(x_ptr + row * stride_row + cols, mask=inb, other=0.0).to(tl.float32)
+            hit = inb & (tl.abs(v) == tmax)
+            first = tl.minimum(first, reduce_min(tl.where(hit, cols, n_cols), 0).to(tl.int64))
+    return first
 
 
 @functools.lru_cache(maxsize=None)
@@ -445,47 +456,31 @@ def tokens_update(
         num_warps=conf["num_warps"],
     )
     _token_records_kernel[(1,)](
-        part_f, part_i, state.tok_rec_f, state.tok_rec_i, programs,
-        BLOCK_P=max(16, triton.next_power_of_2(programs)),
+        part_f, part_i, state.tok_rec_f, state.tok_rec_i, x2d, x2d.stride(0), n_cols, programs,
+        BLOCK_P=max(16, triton.next_power_of_2(programs)), FIND_CHANNEL=False, BLOCK_C=16,
         num_warps=1 if x2d.device.type != "cuda" else 4,
     )
 
 
 ROWS_BLOCK = 256        # rows per program and step of the per-row epilogue (one warp: no barriers)
+RECORD_BLOCK_C = 2048   # channels per step when a record's channel is looked up in its row
 CPU_ROWS_BLOCK = 16
 
 
-CANDIDATES_BLOCK = 4096  # rows per step of the one-program candidate selection on the GPU (8 warps)
-
-
-def select_candidates(row_absmax: torch.Tensor, state) -> tuple[torch.Tensor, torch.Tensor]:
-    """Candidate medians, one program: adds the update's token count to ``state`` and returns (rows, n): the
-    rows that need a median, ``rows[:n]`` (int32, n an int32[1] on the device). One program, so that it runs
-    on an SM the fused pass leaves free (see ``triton_update``) rather than between two of them."""
-    n_rows = row_absmax.numel()
-    rows = state.scratch("cand_rows", n_rows, torch.int32)
-    n = state.scratch("cand_n", 1, torch.int32)
-    gpu = row_absmax.is_cuda
-    _token_candidates_kernel[(1,)](
-        row_absmax, state.sun_params, state.tok_counts, rows, n, n_rows,
-        BLOCK=CANDIDATES_BLOCK if gpu else CPU_ROWS_BLOCK, num_warps=8 if gpu else 1,
-    )
-    return rows, n
-
-
 def tokens_from_rows(
+    x2d: torch.Tensor,
     row_absmax: torch.Tensor,
-    row_argmax: torch.Tensor,
     row_median: torch.Tensor,
     sample_ids: torch.Tensor | None,
     positions: torch.Tensor | None,
     state,
     listed: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
-    """The token statistics of one update from per-row max |x| (float32, -1 = no token), its first channel
-    (int32) and the lower median |x| (float32, -1 = not computed: only candidates need one). ``listed``:
-    (rows, n) from :func:`select_candidates`, the only rows read (their medians set, the tokens counted
-    there), in one program."""
+    """The token statistics of one update of ``x2d`` ([R, C], column stride 1) from per-row max |x|
+    (float32, -1 = no token) and the lower median |x| (float32, -1 = not computed: only candidates need
+    one). ``listed``: (rows, n) from ``cuda_median.row_median(select=...)``, the only rows read (their medians set, the
+    tokens counted there), in one program. Of x itself only the rows of records that change are read, for
+    the channel of their max."""
     n_rows = row_absmax.numel()
     cfg = state.config
     candidates = cfg.token_median == "candidates"
@@ -497,19 +492,23 @@ def tokens_from_rows(
     part_f = state.scratch("tok_part_f", programs * PARTS_PER_PROGRAM_F, torch.float64)
     part_i = state.scratch("tok_part_i", programs * PARTS_PER_PROGRAM_I, torch.int64)
     dummy = state.tok_counts
+    n_cols = x2d.shape[1]
+    block_c = min(max(16, triton.next_power_of_2(n_cols)), RECORD_BLOCK_C if x2d.is_cuda else CPU_BLOCK_C)
     _tokens_rows_kernel[(programs,)](
-        row_absmax, row_argmax, row_median,
+        row_absmax, row_median,
         sample_ids if sample_ids is not None else dummy,
         positions if positions is not None else dummy,
         state.sun_params, state.tok_counts, state.ratio_sums, part_f, part_i,
         listed[0] if listed is not None else dummy, listed[1] if listed is not None else dummy,
+        state.tok_rec_f, state.tok_rec_i, x2d, x2d.stride(0), n_cols,
         n_rows,
         HAS_SIDS=sample_ids is not None, HAS_POS=positions is not None, CANDIDATES=candidates,
-        LIST=listed is not None, BLOCK=block,
+        LIST=listed is not None, BLOCK=block, BLOCK_C=block_c,
         num_warps=1,
     )
-    _token_records_kernel[(1,)](
-        part_f, part_i, state.tok_rec_f, state.tok_rec_i, programs,
-        BLOCK_P=max(16, triton.next_power_of_2(programs)),
-        num_warps=1 if not row_absmax.is_cuda or programs <= 256 else 4,
-    )
+    if listed is None:   # several programs: their partials are folded by one more
+        _token_records_kernel[(1,)](
+            part_f, part_i, state.tok_rec_f, state.tok_rec_i, x2d, x2d.stride(0), n_cols, programs,
+            BLOCK_P=max(16, triton.next_power_of_2(programs)), FIND_CHANNEL=True, BLOCK_C=block_c,
+            num_warps=1 if not row_absmax.is_cuda or programs <= 256 else 4,
+        )

@@ -3,11 +3,11 @@ compaction of that buffer. Three small launches per update, no torch sort / topk
 radix selects cost more host time than the whole rest of an update), no host sync.
 
 Total order inside an update: (|x| desc, row asc, channel asc). Row keys ``(bits(row max) << 32) |
-(0xFFFFFFFF - row)`` (from the rows pass) order rows by (max desc, row asc), and the K largest
+(0xFFFFFFFF - row)`` (made from the rows pass's row maxima) order rows by (max desc, row asc), and the K largest
 elements always lie in the K rows with the largest row keys (an element outside them is beaten by each
 of those rows' maxima). So:
 
-1. ``_topk_rows_kernel``: each program folds a block of row keys into its local top K.
+1. ``_topk_rows_kernel``: each program makes the keys of a block of rows and folds them into its local top K.
 2. ``_topk_elems_kernel``, program (i, cb): takes the top K row keys of all partials, the i-th of them
    (in any fixed order), its rank r among the picked rows by row index, and folds the element keys
    ``(bits(|x|) << 32) | (0xFFFFFFFF - (r * C + c))`` of channel block cb into a local top K (r * C + c
@@ -21,7 +21,7 @@ fold takes only as many steps as keys that enter, so a steady-state update costs
 program. The first update of a state (empty slots) filters nothing.
 
 Keys are unique (they carry an index), so "remove the maximum" removes exactly one key. Bytes: reads
-the R row keys and K rows of x; writes a few KiB. ``_topk_compact_kernel`` keeps the first K pending
+the R row maxima and K rows of x; writes a few KiB. ``_topk_compact_kernel`` keeps the first K pending
 entries under (abs desc, sample asc, position asc, channel asc, slot asc), like the torch path.
 """
 
@@ -115,13 +115,16 @@ def _fold_partials(part_ptr, n_parts, K, KB: tl.constexpr, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _topk_rows_kernel(rowkey_ptr, kept_abs_ptr, part_ptr, n_rows, K, KB: tl.constexpr, BLOCK: tl.constexpr):
-    """Program p: the top K row keys of row block p into part[p * K ...]; rows whose max is below the
-    threshold (no element of theirs can make the top K) count as empty."""
+def _topk_rows_kernel(row_absmax_ptr, kept_abs_ptr, part_ptr, n_rows, K, KB: tl.constexpr, BLOCK: tl.constexpr):
+    """Program p: the top K row keys of row block p into part[p * K ...]; rows without a max (-1: masked
+    or all NaN) and rows whose max is below the threshold (no element of theirs can make the top K) count
+    as empty."""
     pid = tl.program_id(0)
     thr = _threshold_key(kept_abs_ptr, K, KB)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
-    keys = tl.load(rowkey_ptr + offs, mask=offs < n_rows, other=-1)
+    amax = tl.load(row_absmax_ptr + offs, mask=offs < n_rows, other=-1.0)
+    bits = tl.maximum(amax, 0.0).to(tl.int32, bitcast=True).to(tl.int64)
+    keys = tl.where(amax >= 0, (bits << 32) | (0xFFFFFFFF - offs.to(tl.int64)), -1)
     best = _top(tl.where(keys >= thr, keys, -1), K, KB)
     slots = tl.arange(0, KB)
     tl.store(part_ptr + pid * K + slots, best, mask=slots < K)
@@ -257,7 +260,7 @@ def _warps(device: torch.device, n: int) -> int:
 
 def topk_update(
     x2d: torch.Tensor,
-    rowkey: torch.Tensor,
+    row_absmax: torch.Tensor,
     sample_ids: torch.Tensor | None,
     positions: torch.Tensor | None,
     state,
@@ -274,7 +277,7 @@ def topk_update(
     row_block = min(triton.next_power_of_2(n_rows), GPU_ROW_BLOCK if gpu else CPU_ROW_BLOCK)
     n_row_programs = triton.cdiv(n_rows, row_block)
     row_part = state.scratch("topk_row_part", n_row_programs * k, torch.int64)
-    _topk_rows_kernel[(n_row_programs,)](rowkey, state.topk_abs, row_part, n_rows, k, KB=kb, BLOCK=row_block,
+    _topk_rows_kernel[(n_row_programs,)](row_absmax, state.topk_abs, row_part, n_rows, k, KB=kb, BLOCK=row_block,
                                          num_warps=_warps(dev, row_block))
     block_c = min(max(16, triton.next_power_of_2(n_cols)), GPU_BLOCK_C if gpu else CPU_BLOCK_C)
     n_cblk = triton.cdiv(n_cols, block_c)

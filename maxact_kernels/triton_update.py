@@ -2,7 +2,7 @@
 
 On a CUDA device with ``cuda-core`` installed, ``cuda_hist.fused_stats`` (CUDA C++, shared-memory
 histogram) reads x once for the histogram, counts, sums, min/max and, when needed, the row maxima,
-row keys, per-sample maxima and per-channel maxima (the Triton rows kernel takes the channel maxima
+per-sample maxima and per-channel maxima (the Triton rows kernel takes the channel maxima
 only of tensors too wide for its shared memory: see ``cuda_hist.channels_fit``); for bf16/fp16 rows
 ``cuda_median`` then takes each token's median |x| and a small Triton kernel the criterion and records. Without
 ``cuda-core`` (one warning) and on the CPU (Triton interpreter), the Triton rows kernel does all of it,
@@ -11,10 +11,12 @@ its histogram by global atomics, and the Triton token kernel finds the medians. 
 On a GPU the top-k and the token kernels run on two side streams after the fused pass, and nothing waits for
 them until the state is read (``StatsState.settle``): they overlap the next update's fused pass or the model.
 Each block of the fused pass holds a whole SM, so a kernel queued beside it can only start where it leaves
-an SM free; the fused pass leaves ``SPARE_SMS``, and the token chain of candidate medians is one-program
-(or one-block) kernels that fit there: ``triton_tokens.select_candidates`` lists the rows that need a
-median, ``cuda_median`` takes those, and the criterion and records read only them. Top-k keeps its spread-out
-launches (one program measured slower on tie-heavy data: ``triton_topk.topk_update``).
+an SM free; the fused pass leaves ``SPARE_SMS``, and the token chain of candidate medians is two launches of
+a few blocks that fit there: ``cuda_median`` lists the rows that need a median and takes those, and one
+Triton program the criterion and records of those rows alone. The chain is paced by its launches' latency,
+not by bytes, and it runs beside every fused pass, so it must stay shorter than one (docs/PERF_NOTES.md,
+v15). Top-k keeps its spread-out launches (one program measured slower on tie-heavy data:
+``triton_topk.topk_update``).
 
 Imported lazily by :mod:`maxact_kernels._backend` (the interpreter is chosen at import time).
 """
@@ -93,6 +95,8 @@ def use_cuda_hist(device: torch.device) -> bool:
 # SMs the fused pass leaves to the side streams' one-program kernels. Measured (H200, [16384, 4096]): the
 # fused pass took 48.6-50.1 us on 130 blocks against 48.3-51.4 on 132 (scripts/trace_updates.py).
 SPARE_SMS = 2
+# Blocks of the candidate-median kernel (each takes 8 rows at a time, and lists the candidates itself).
+MEDIAN_BLOCKS = 4
 
 
 @functools.lru_cache(maxsize=None)
@@ -138,18 +142,16 @@ def update(
     candidates = cfg.track_tokens and cfg.token_median == "candidates"
     # per-token medians by the CUDA kernel (rows in registers) from the fused pass's row maxima
     median_cuda = fast and cfg.track_tokens and _cuda_median_supports(x2d)
-    need_rows = bool(cfg.topk) or candidates or median_cuda  # row_absmax / row_argmax / rowkey
-    need_row_max = need_rows or bool(cfg.num_samples)
-    # On a GPU, what follows the fused pass runs on side streams, reading per-row scratch of slot `slot`
-    # (the state rotates SIDE_SLOTS of them, so a fused pass waits only for the side work of the update that
-    # many before, not for this one's).
+    need_row_max = bool(cfg.topk) or candidates or median_cuda or bool(cfg.num_samples)  # row_absmax
+    # On a GPU, what follows the fused pass runs on side streams. They read this update's row maxima from a
+    # buffer of its own, which the caching allocator keeps until they are done (as it keeps x), so that the
+    # next fused pass need not wait for them (see StatsState.begin_side_work).
     side_work = dev.type == "cuda" and bool(cfg.topk or cfg.track_tokens)
     slot = state.begin_side_work() if side_work else 0
-    row_absmax = row_argmax = rowkey = None
+    row_absmax = None
     if need_row_max:
-        row_absmax = state.scratch(f"row_absmax{slot}", n_rows, torch.float32)
-        row_argmax = state.scratch(f"row_argmax{slot}", n_rows, torch.int32)
-        rowkey = state.scratch(f"rowkey{slot}", n_rows, torch.int64)
+        row_absmax = (torch.empty(n_rows, dtype=torch.float32, device=dev) if side_work
+                      else state.scratch("row_absmax", n_rows, torch.float32))
     mask_u8 = row_mask.view(torch.uint8) if row_mask is not None else None
     # Triton launches on the current device; switch only when x lives elsewhere (the switch costs host time)
     other_gpu = dev.type == "cuda" and dev.index != torch.cuda.current_device()
@@ -162,7 +164,7 @@ def update(
             fused_channels = cfg.track_channels and cuda_hist.channels_fit(x2d.shape[1], x2d.dtype)
             cuda_hist.fused_stats(
                 x2d, row_mask, state.counts, state.sums, state.minmax, state.abs_hist,
-                row_absmax=row_absmax, row_argmax=row_argmax, rowkey=rowkey,
+                row_absmax=row_absmax,
                 sample_ids=sample_ids if samples else None,
                 sample_abs_max=state.sample_abs_max if samples else None,
                 sample_oor=state.sample_oor if samples else None,
@@ -178,13 +180,7 @@ def update(
             triton_rows.rows_update(x2d, mask_u8, state, do_basic=True, do_hist=True,
                                     do_channels=cfg.track_channels, rowpack=rowpack)
             if need_row_max:
-                triton_rows.finalize_rows(
-                    rowpack, state,
-                    row_absmax=row_absmax if need_rows else None,
-                    row_argmax=row_argmax if need_rows else None,
-                    rowkey=rowkey if need_rows else None,
-                    sample_ids=sample_ids,
-                )
+                triton_rows.finalize_rows(rowpack, state, row_absmax=row_absmax, sample_ids=sample_ids)
         if not (cfg.topk or cfg.track_tokens):
             return
         # Two chains of short, latency-bound launches that depend on the fused pass and not on each other:
@@ -194,8 +190,8 @@ def update(
         if cfg.topk:
             state.topk_compactor = triton_topk.topk_compact
             with _on(top_stream):
-                triton_topk.topk_update(x2d, rowkey, sample_ids, positions, state)
-            _done(top_stream, events[0] if events else None, x2d, sample_ids, positions)
+                triton_topk.topk_update(x2d, row_absmax, sample_ids, positions, state)
+            _done(top_stream, events[0] if events else None, x2d, row_absmax, sample_ids, positions)
         if cfg.track_tokens:
             with _on(tok_stream):
                 if median_cuda:
@@ -204,19 +200,20 @@ def update(
                     row_median = state.scratch("row_median", n_rows, torch.float32)
                     listed = None
                     if candidates:
-                        # one program lists the rows that may pass or tie this update's max |x| (the possible
-                        # peak tokens): a handful, whose medians one block takes, on the SMs left free
-                        listed = triton_tokens.select_candidates(row_absmax, state)
+                        # the median kernel lists the rows that may pass or tie this update's max |x| (the
+                        # possible peak tokens), a handful, and takes their medians, on the SMs left free
+                        listed = (state.scratch("cand_rows", n_rows, torch.int32),
+                                  state.scratch("cand_n", 1, torch.int32))
                         cuda_median.row_median(x2d, row_absmax, row_median, rows=listed[0], n_listed=listed[1],
-                                               blocks=1)
+                                               blocks=MEDIAN_BLOCKS, select=(state.sun_params, state.tok_counts))
                     else:
                         cuda_median.row_median(x2d, row_absmax, row_median)
-                    triton_tokens.tokens_from_rows(row_absmax, row_argmax, row_median, sample_ids, positions,
+                    triton_tokens.tokens_from_rows(x2d, row_absmax, row_median, sample_ids, positions,
                                                    state, listed=listed)
                 else:
                     triton_tokens.tokens_update(x2d, mask_u8, sample_ids, positions, state,
                                                 row_absmax if candidates else None)
-            _done(tok_stream, events[-1] if events else None, x2d, row_mask, sample_ids, positions)
+            _done(tok_stream, events[-1] if events else None, x2d, row_absmax, row_mask, sample_ids, positions)
         if side_work:
             state.end_side_work(slot, events)
 

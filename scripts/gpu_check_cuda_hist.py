@@ -44,8 +44,6 @@ def state(n_rows, n_cols=1, n_samples=64):
         minmax=torch.tensor([float("inf"), -float("inf")], device=dev),
         abs_hist=torch.zeros(32768, dtype=torch.int64, device=dev),
         row_absmax=torch.empty(n_rows, device=dev),
-        row_argmax=torch.empty(n_rows, dtype=torch.int32, device=dev),
-        rowkey=torch.empty(n_rows, dtype=torch.int64, device=dev),
         sample_abs_max=torch.zeros(n_samples, device=dev),
         sample_oor=torch.zeros(1, dtype=torch.int64, device=dev),
         channel_abs_max=torch.zeros(n_cols, device=dev),
@@ -63,7 +61,7 @@ def expected(x2d, mask, sample_ids, n_samples):
     d = v[fin].double()
     vv = v[~nan]
     rowa = torch.where(torch.isnan(xf), torch.full_like(xf, -1.0), xf.abs())
-    rmax, rarg = rowa.max(dim=1)          # torch returns the first index of the max
+    rmax = rowa.max(dim=1).values
     rmax = torch.where(valid, rmax, torch.full_like(rmax, -1.0))
     smax = torch.zeros(n_samples, device=dev)
     ok = valid & (rmax >= 0)
@@ -77,7 +75,7 @@ def expected(x2d, mask, sample_ids, n_samples):
         sums=[d.sum().item(), (d * d).sum().item(), d.abs().sum().item()],
         minmax=[(vv.min() + 0.0).item() if vv.numel() else float("inf"), (vv.max() + 0.0).item() if vv.numel() else -float("inf")],
         hist=torch.bincount(bins, minlength=32768),
-        rmax=rmax, rarg=torch.where(rmax >= 0, rarg, torch.full_like(rarg, -1)), smax=smax, oor=oor,
+        rmax=rmax, smax=smax, oor=oor,
     )
 
 
@@ -111,14 +109,13 @@ def check(shape, dtype, masked, noncontig=False, specials=True, wide=True, basic
             errs.append("channel_abs_max (no rows)")
         return errs
     ch.fused_stats(x2d, mask, st["counts"], st["sums"], st["minmax"], st["abs_hist"],
-                   row_absmax=st["row_absmax"], row_argmax=st["row_argmax"], rowkey=st["rowkey"],
+                   row_absmax=st["row_absmax"],
                    sample_ids=sids, sample_abs_max=st["sample_abs_max"], sample_oor=st["sample_oor"],
                    channel_abs_max=st["channel_abs_max"] if fit else None)
     errs = compare(st, e)
     if fit and not torch.equal(st["channel_abs_max"], torch.maximum(prior, e["cmax"])):
         errs.append(f"channel_abs_max differs in {(st['channel_abs_max'] != torch.maximum(prior, e['cmax'])).sum().item()}")
     if not torch.equal(st["row_absmax"], e["rmax"]): errs.append("row_absmax")
-    if not torch.equal(st["row_argmax"].long(), e["rarg"]): errs.append("row_argmax")
     if not torch.equal(st["sample_abs_max"], e["smax"]): errs.append("sample_abs_max")
     if int(st["sample_oor"]) != e["oor"]: errs.append(f"sample_oor {int(st['sample_oor'])} vs {e['oor']}")
     return errs
@@ -189,7 +186,7 @@ def time_shapes(label):
         mask = torch.ones(shape[0], dtype=torch.bool, device=dev)
         t_mbasic = bench(lambda: ch.fused_stats(nxt(), mask, st["counts"], st["sums"], st["minmax"], st["abs_hist"]))
         sids = torch.arange(shape[0], device=dev) // 4096 % 64      # samples of 4096 tokens
-        rows_kw = dict(row_absmax=st["row_absmax"], row_argmax=st["row_argmax"], rowkey=st["rowkey"],
+        rows_kw = dict(row_absmax=st["row_absmax"],
                        sample_ids=sids, sample_abs_max=st["sample_abs_max"], sample_oor=st["sample_oor"])
         t_rows = bench(lambda: ch.fused_stats(nxt(), mask, st["counts"], st["sums"], st["minmax"], st["abs_hist"], **rows_kw))
         t_full = bench(lambda: ch.fused_stats(nxt(), mask, st["counts"], st["sums"], st["minmax"], st["abs_hist"],

@@ -21,8 +21,7 @@ counts = torch.zeros(4, dtype=torch.int64, device=dev)
 sums = torch.zeros(3, dtype=torch.float64, device=dev)
 minmax = torch.tensor([float("inf"), -float("inf")], device=dev)
 hist = torch.zeros(32768, dtype=torch.int64, device=dev)
-full = dict(row_absmax=torch.empty(rows, device=dev), row_argmax=torch.empty(rows, dtype=torch.int32, device=dev),
-            rowkey=torch.empty(rows, dtype=torch.int64, device=dev),
+full = dict(row_absmax=torch.empty(rows, device=dev),
             sample_ids=torch.randint(0, 64, (rows,), device=dev), sample_abs_max=torch.zeros(64, device=dev),
             sample_oor=torch.zeros(1, dtype=torch.int64, device=dev), channel_abs_max=torch.zeros(cols, device=dev))
 for _ in range(3):

@@ -160,9 +160,60 @@ def check_median(dtype, width: int, max_vec: int, swar: int, max_grid: int = 0) 
         if not torch.equal(out, want_l):
             bad = (out != want_l).nonzero().flatten().tolist()[:5]
             errs.append(f"listed: rows {bad}: {out[bad].tolist()} vs {want_l[bad].tolist()}")
+        # rows the kernel selects: above a threshold (about half of them), or only those that tie the max
+        top = int(amax.argmax())   # row 7 ties the top (a copy of its row)
+        x[7] = x[top]
+        has[7], amax[7] = True, amax[top]
+        want = torch.where(has, torch.nanmedian(x.float().abs(), dim=1).values, -1.0)
+        for t_val in (float(amax[has].median()), float("inf")):
+            errs += check_select(x, amax, want, t_val, blocks=4 if max_grid else 1, tag=f"select t_val={t_val}")
         return errs
     finally:
         cuda_median._MAX_VEC, cuda_median._SWAR, cuda_median._MAX_GRID = saved
+
+
+def check_select(x, amax, want, t_val: float, blocks: int, tag: str) -> list[str]:
+    """``row_median(select=...)``: the listed rows (rising), their number, the token count and their medians
+    (no other entry of out written), against torch."""
+    from maxact_kernels import cuda_median
+
+    rows = x.shape[0]
+    out = torch.full((rows,), -5.0, device="cuda")
+    listed = torch.full((rows,), -9, dtype=torch.int32, device="cuda")
+    n = torch.full((1,), -9, dtype=torch.int32, device="cuda")
+    params = torch.tensor([t_val, 0.0], dtype=torch.float64, device="cuda")
+    tok = torch.tensor([5, 0], dtype=torch.int64, device="cuda")
+    cuda_median.row_median(x, amax, out, rows=listed, n_listed=n, blocks=blocks, select=(params, tok))
+    has = amax >= 0
+    sel = (has & ((amax.double() > t_val) | (amax == amax.max()))).nonzero().flatten()
+    errs = []
+    if int(n[0]) != sel.numel() or not torch.equal(listed[: sel.numel()], sel.int()):
+        errs.append(f"{tag}: listed {int(n[0])} rows {listed[:8].tolist()}... vs {sel.numel()} {sel[:8].tolist()}...")
+    if int(tok[0]) != 5 + int(has.sum()) or int(tok[1]) != 0:
+        errs.append(f"{tag}: token count {tok.tolist()} vs {5 + int(has.sum())}")
+    want_l = torch.full_like(want, -5.0)
+    want_l[sel] = want[sel]
+    if not torch.equal(out, want_l):
+        bad = (out != want_l).nonzero().flatten().tolist()[:5]
+        errs.append(f"{tag}: rows {bad}: {out[bad].tolist()} vs {want_l[bad].tolist()}")
+    return errs
+
+
+def check_select_many(dtype, rows: int) -> list[str]:
+    """``row_median(select=...)`` over more rows than one chunk of its selection (8192), a count that is not
+    a multiple of 4, masked and all-NaN rows, many rows above the threshold."""
+    gen = torch.Generator(device="cuda").manual_seed(rows)
+    x = (torch.randn(rows, 264, generator=gen, device="cuda") * 3).to(dtype)
+    x[rows // 2] = float("nan")   # a row without a token
+    a = x.float().abs()
+    has = ~torch.isnan(a).all(dim=1)
+    has[torch.rand(rows, generator=gen, device="cuda") < 0.1] = False   # masked rows
+    amax = torch.where(has, torch.nan_to_num(a, nan=-1.0).amax(dim=1), -1.0)
+    want = torch.where(has, torch.nanmedian(a, dim=1).values, -1.0)
+    errs = []
+    for t_val, blocks in ((float(amax[has].quantile(0.9)), 4), (float(amax[has].quantile(0.1)), 1)):
+        errs += check_select(x, amax, want, t_val, blocks, f"select rows={rows} t_val={t_val:.3g} blocks={blocks}")
+    return errs
 
 
 def check_side_streams(token_median: str) -> list[str]:
@@ -241,6 +292,9 @@ def main() -> int:
                     continue  # more than 8 warps per row: not taken
                 name = f"median {str(dtype)[6:]} width={width} max_vec={max_vec} swar={swar} grid={grid or 'auto'}"
                 checks[name] = lambda d=dtype, w=width, m=max_vec, s=swar, g=grid: check_median(d, w, m, s, g)
+    for dtype in (torch.bfloat16, torch.float16):
+        for rows in (3, 8195, 20001):
+            checks[f"median select {str(dtype)[6:]} rows={rows}"] = lambda d=dtype, r=rows: check_select_many(d, r)
     for tm in ("all", "candidates"):
         checks[f"no host sync {tm}"] = lambda t=tm: check_no_sync(t)
         checks[f"side streams {tm}"] = lambda t=tm: check_side_streams(t)

@@ -44,6 +44,11 @@ for dt in dtypes:
                    umax_ptr="*fp32", params_ptr="*fp64", tok_counts_ptr="*i64", ratio_sums_ptr="*fp64",
                    part_f_ptr="*fp64", part_i_ptr="*i64", stride_row="i64", n_rows="i32", n_cols="i32")
     shift, nbits = {"bf16": (16, 15), "fp16": (13, 18), "fp32": (0, 31)}[dt]
+    for find in (False, True):
+        comp(T._token_records_kernel, dict(part_f_ptr="*fp64", part_i_ptr="*i64", rec_f_ptr="*fp64",
+                                           rec_i_ptr="*i64", x_ptr=f"*{dt}", stride_row="i64", n_cols="i32",
+                                           n_parts="i32"), dict(BLOCK_P=256, FIND_CHANNEL=find, BLOCK_C=2048),
+             warps=4)
     for one, cand in ((True, False), (False, True)):
         comp(T._tokens_kernel, tok_sig, dict(HAS_MASK=True, HAS_SIDS=True, HAS_POS=True, CANDIDATES=cand,
                                              ONE_BLOCK=one, SHIFT=shift, NBITS=nbits, BLOCK_R=1, BLOCK_C=4096))
@@ -54,22 +59,18 @@ for dt in dtypes:
                                     pos_ptr="*i64", out_abs_ptr="*fp32", out_val_ptr="*fp32", out_idx_ptr="*i64",
                                     stride_row="i64", n_parts="i32", n_cols="i32", K="i32", slot0="i32"),
          dict(HAS_SIDS=True, HAS_POS=False, KB=16, CAND_BLOCK=1024))
-comp(R._finalize_rows_kernel, dict(rowpack_ptr="*i64", row_absmax_ptr="*fp32", row_argmax_ptr="*i32",
-                                   rowkey_ptr="*i64", sid_ptr="*i64", smax_ptr="*i32", oor_ptr="*i64", n_rows="i32",
-                                   n_samples="i32"), dict(HAS_SIDS=True, DO_ROWS=True, DO_SAMPLES=True, BLOCK=1024))
-comp(K._topk_rows_kernel, dict(rowkey_ptr="*i64", kept_abs_ptr="*fp32", part_ptr="*i64", n_rows="i32", K="i32"), dict(KB=16, BLOCK=4096))
+comp(R._finalize_rows_kernel, dict(rowpack_ptr="*i64", row_absmax_ptr="*fp32", sid_ptr="*i64", smax_ptr="*i32",
+                                   oor_ptr="*i64", n_rows="i32", n_samples="i32"), dict(HAS_SIDS=True, DO_ROWS=True, DO_SAMPLES=True, BLOCK=1024))
+comp(K._topk_rows_kernel, dict(row_absmax_ptr="*fp32", kept_abs_ptr="*fp32", part_ptr="*i64", n_rows="i32", K="i32"), dict(KB=16, BLOCK=4096))
 for cand, listed in ((False, False), (True, False), (True, True)):
-    comp(T._tokens_rows_kernel, dict(row_absmax_ptr="*fp32", row_argmax_ptr="*i32", row_med_ptr="*fp32",
+    comp(T._tokens_rows_kernel, dict(row_absmax_ptr="*fp32", row_med_ptr="*fp32",
                                      sid_ptr="*i64", pos_ptr="*i64", params_ptr="*fp64", tok_counts_ptr="*i64",
                                      ratio_sums_ptr="*fp64", part_f_ptr="*fp64", part_i_ptr="*i64",
-                                     list_ptr="*i32", list_n_ptr="*i32", n_rows="i32"),
-         dict(HAS_SIDS=True, HAS_POS=cand, CANDIDATES=cand, LIST=listed, BLOCK=256), warps=1)
-comp(T._token_candidates_kernel, dict(row_absmax_ptr="*fp32", params_ptr="*fp64", tok_counts_ptr="*i64",
-                                      list_ptr="*i32", list_n_ptr="*i32", n_rows="i32"), dict(BLOCK=4096))
+                                     list_ptr="*i32", list_n_ptr="*i32", rec_f_ptr="*fp64", rec_i_ptr="*i64",
+                                     x_ptr=f"*{dtypes[0]}", stride_row="i64", n_cols="i32", n_rows="i32"),
+         dict(HAS_SIDS=True, HAS_POS=cand, CANDIDATES=cand, LIST=listed, BLOCK=256, BLOCK_C=2048), warps=1)
 comp(K._topk_compact_kernel, dict(abs_ptr="*fp32", val_ptr="*fp32", idx_ptr="*i64", n="i32", K="i32"),
      dict(BLOCK=512, KB=16))
-comp(T._token_records_kernel, dict(part_f_ptr="*fp64", part_i_ptr="*i64", rec_f_ptr="*fp64", rec_i_ptr="*i64",
-                                   n_parts="i32"), dict(BLOCK_P=256), warps=4)
 """
 
 

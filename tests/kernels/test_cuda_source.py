@@ -90,12 +90,12 @@ def test_launch_config_pdl():
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 @pytest.mark.parametrize("swar", [0, 1])
 def test_median_kernel_compiles(nvrtc_ready, arch, swar, monkeypatch):
-    """Every per-token median instantiation ``cuda_median.layout`` can pick (every row, listed rows), both
-    count methods."""
+    """Every per-token median instantiation ``cuda_median.layout`` can pick (every row, listed rows, rows it
+    selects), both count methods."""
     monkeypatch.setattr(cuda_median, "_SWAR", swar)
     layouts = sorted({cuda_median.layout(c) for c in range(8, 32769, 8)})
-    names = [cuda_median.kernel_name(dt, nv, w, listed) for dt in (0, 1) for nv, w in layouts
-             for listed in (False, True)]
+    names = [cuda_median.kernel_name(dt, nv, w, source) for dt in (0, 1) for nv, w in layouts
+             for source in (0, 1, 2)]
     ok, log, ptx = _compile(arch, names, cuda_median._source())
     assert ok, log
     assert ptx.count(b".entry") == len(names)

@@ -1,8 +1,8 @@
 """The token epilogue of the CUDA path (``triton_tokens.tokens_from_rows``), run in Triton's interpreter.
 
-On a GPU the fused CUDA pass writes each row's max |x| and first argmax and ``cuda_median`` each row's
-lower median; here torch computes those per-row inputs (independently of the kernels) and the
-epilogue's criterion, counts and records must equal the float64 reference's (itself checked against
+On a GPU the fused CUDA pass writes each row's max |x| and ``cuda_median`` each row's lower median; here
+torch computes those per-row inputs (independently of the kernels) and the epilogue's criterion, counts and
+records (whose channel the epilogue looks up in x) must equal the float64 reference's (itself checked against
 the numpy oracle in ``test_update.py``). ``cuda_median`` itself is checked
 against the reference on the GPU (``gpu_checks.py``).
 """
@@ -18,7 +18,7 @@ from tests.utils import DTYPES, assert_verbose_allclose, assert_verbose_equal, m
 
 
 def per_row_inputs(x2d: torch.Tensor, mask, t_val: float, token_median: str):
-    """(row_absmax, row_argmax, row_median) as the CUDA passes define them (-1 = none)."""
+    """(row_absmax, row_median) as the CUDA passes define them (-1 = none)."""
     a = x2d.float().abs()
     nan = torch.isnan(a)
     has = ~nan.all(dim=1)
@@ -26,13 +26,12 @@ def per_row_inputs(x2d: torch.Tensor, mask, t_val: float, token_median: str):
         has &= mask.reshape(-1)
     filled = torch.where(nan, torch.full_like(a, -1.0), a)
     amax = filled.max(dim=1).values
-    arg = (filled == amax[:, None]).int().argmax(dim=1).int()  # first channel attaining the max
     med = torch.nanmedian(a, dim=1).values  # the lower median over non-NaN values
     row_absmax = torch.where(has, amax, torch.tensor(-1.0))
     need = has
     if token_median == "candidates":
         need = has & ((amax.double() > t_val) | (amax == row_absmax.max()))
-    return row_absmax, torch.where(has, arg, torch.tensor(-1, dtype=torch.int32)), torch.where(need, med, torch.tensor(-1.0))
+    return row_absmax, torch.where(need, med, torch.tensor(-1.0))
 
 
 def sun_of(st: ActivationStats) -> dict:
@@ -45,9 +44,9 @@ def sun_of(st: ActivationStats) -> dict:
 @pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
 @pytest.mark.parametrize("shape", [(1, 8), (37, 24), (2, 70, 16)], ids=str)
 def test_epilogue_matches_reference(triton_modules, dtype, token_median, values, masked, shape, rng):
-    """``candidates listed``: the GPU path of candidate medians, where one program lists the rows that need
-    a median (``select_candidates``, checked against the rows torch picks) and counts the tokens, and the
-    epilogue reads only the listed rows."""
+    """``candidates listed``: the GPU path of candidate medians, where the median kernel lists the rows that
+    need a median and counts the tokens (``cuda_median.row_median(select=...)``; here torch does both), and
+    the epilogue reads only the listed rows, then folds the records in the same program."""
     tokens = triton_modules[1]
     listed = token_median.endswith("listed")
     token_median = token_median.split()[0]
@@ -67,14 +66,16 @@ def test_epilogue_matches_reference(triton_modules, dtype, token_median, values,
     want = ActivationStats(c, device="cpu", backend="reference", **kw)
     for part in parts:
         mp = mask[part] if mask is not None else None
-        amax, arg, med = per_row_inputs(x2[part], mp, t_val, token_median)
+        amax, med = per_row_inputs(x2[part], mp, t_val, token_median)
         if listed:
-            rows, n = tokens.select_candidates(amax, st.state)
-            picked = rows[: int(n[0])]
-            assert torch.equal(picked, (med >= 0).nonzero().flatten().int()), "listed rows"
-            tokens.tokens_from_rows(amax, arg, med, sids[part], pos[part], st.state, listed=(rows, n))
+            picked = (med >= 0).nonzero().flatten().int()
+            rows = torch.full((amax.numel() + 1,), -9, dtype=torch.int32)   # only rows[:n] may be read
+            rows[: picked.numel()] = picked
+            n = torch.tensor([picked.numel()], dtype=torch.int32)
+            st.state.tok_counts[0] += int((amax >= 0).sum())
+            tokens.tokens_from_rows(x2[part], amax, med, sids[part], pos[part], st.state, listed=(rows, n))
         else:
-            tokens.tokens_from_rows(amax, arg, med, sids[part], pos[part], st.state)
+            tokens.tokens_from_rows(x2[part], amax, med, sids[part], pos[part], st.state)
         want.update(x2[part], mp, sids[part], pos[part])
     got, exp = sun_of(st), sun_of(want)
     for key in ("mean_ratio", "std_ratio"):
