@@ -37,6 +37,18 @@ def activations(shape, device, seed=0) -> torch.Tensor:
     return x.to(torch.bfloat16)
 
 
+def rotating_updates(st, xs, *args):
+    """A call that updates ``st`` with the next of ``xs`` (in turn, so that timed updates read past L2) and
+    ``args`` (mask, sample ids, positions)."""
+    turn = [0]
+
+    def update():
+        turn[0] = (turn[0] + 1) % len(xs)
+        st.update(xs[turn[0]], *args)
+
+    return update
+
+
 def row_ids(rows, device, tokens_per_sample=4096):
     r = torch.arange(rows, device=device)
     return r // tokens_per_sample, r % tokens_per_sample
@@ -135,12 +147,7 @@ def test_update_bandwidth_gpu(benchmark, gpu, timers, copy_ms, report, shape, fe
         torch.cuda.synchronize()
 
     benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
-    turn = [0]
-
-    def update():
-        turn[0] = (turn[0] + 1) % len(xs)
-        st.update(xs[turn[0]], mask, sids, pos)
-
+    update = rotating_updates(st, xs, mask, sids, pos)
     ms = timers[0](update, iters=iters, repeats=3, finish=getattr(st, "settle", None))
     row = line(f"{provider}/{features}" + ("" if masked else " (no mask)"), shape, ms, x.numel() * x.element_size(),
                copy_ms(shape, x.dtype, gpu), torch.cuda.get_device_name())

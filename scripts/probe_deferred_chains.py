@@ -10,7 +10,7 @@ import torch
 
 sys.path.insert(0, "benchmarks")
 from conftest import cuda_time_ms  # noqa: E402
-from test_kernels import FEATURES, activations, row_ids  # noqa: E402
+from test_kernels import FEATURES, activations, rotating_updates, row_ids  # noqa: E402
 
 from maxact_kernels import ActivationStats  # noqa: E402
 
@@ -22,11 +22,10 @@ def timed(shape, features, joined):
     mask = torch.ones(shape[0], dtype=torch.bool, device=dev)
     sids, pos = row_ids(shape[0], dev)
     st = ActivationStats(shape[1], device=dev, **FEATURES[features])
-    turn = [0]
+    step = rotating_updates(st, xs, mask, sids, pos)
 
     def update():
-        turn[0] = (turn[0] + 1) % 3
-        st.update(xs[turn[0]], mask, sids, pos)
+        step()
         if joined:
             st.settle()
 

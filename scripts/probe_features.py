@@ -9,7 +9,7 @@ import torch
 
 sys.path.insert(0, "benchmarks")
 from conftest import cuda_time_ms  # noqa: E402
-from test_kernels import FEATURES, activations, row_ids  # noqa: E402
+from test_kernels import FEATURES, activations, rotating_updates, row_ids  # noqa: E402
 
 from maxact_kernels import ActivationStats, triton_update  # noqa: E402
 
@@ -33,12 +33,7 @@ def timed(xs, kw, masked):
     mask = torch.ones(rows, dtype=torch.bool, device=dev) if masked else None
     sids, pos = row_ids(rows, dev)
     st = ActivationStats(cols, device=dev, **kw)
-    turn = [0]
-
-    def update():
-        turn[0] = (turn[0] + 1) % len(xs)
-        st.update(xs[turn[0]], mask, sids, pos)
-
+    update = rotating_updates(st, xs, mask, sids, pos)
     for _ in range(6):   # past a state's first updates (top-k filters little until its slots fill)
         update()
     torch.cuda.synchronize()

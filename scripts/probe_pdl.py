@@ -13,7 +13,7 @@ import torch
 
 sys.path.insert(0, "benchmarks")
 from conftest import cuda_time_ms  # noqa: E402
-from test_kernels import FEATURES, activations, row_ids  # noqa: E402
+from test_kernels import FEATURES, activations, rotating_updates, row_ids  # noqa: E402
 
 from maxact_kernels import ActivationStats, cuda_hist  # noqa: E402
 
@@ -26,12 +26,7 @@ def timed(xs, features, masked):
     mask = torch.ones(rows, dtype=torch.bool, device=dev) if masked else None
     sids, pos = row_ids(rows, dev)
     st = ActivationStats(cols, device=dev, **FEATURES[features])
-    turn = [0]
-
-    def update():
-        turn[0] = (turn[0] + 1) % len(xs)
-        st.update(xs[turn[0]], mask, sids, pos)
-
+    update = rotating_updates(st, xs, mask, sids, pos)
     update()
     torch.cuda.synchronize()
     return cuda_time_ms(update, iters=20, repeats=5, finish=st.settle)
@@ -78,11 +73,10 @@ def between(shape=(16384, 4096)):
         for pdl in (0, 1, 0, 1):
             cuda_hist._PDL = pdl
             st = ActivationStats(shape[1], device=dev)
-            turn = [0]
+            step = rotating_updates(st, xs, mask)
 
             def update():
-                turn[0] = (turn[0] + 1) % len(xs)
-                st.update(xs[turn[0]], mask)
+                step()
                 if kind == "event record":
                     mark.record(stream)
                 elif kind != "nothing":
