@@ -8,7 +8,8 @@ reads each element once and, in the same pass, updates
 * counts (non-NaN, NaN, +inf, -inf), sum / sum of squares / sum of |x| over finite values, min and max
   over non-NaN values,
 * optionally per row: max |x| (a packed max per 16-byte vector, one warp reduction per row) and the
-  per-sample peak (atomic max into ``sample_abs_max[sample_id]``); the channel that attains it is looked
+  per-sample peak (atomic max into ``sample_abs_max[sample_id]``, sent only when it beats what the block
+  already sent for that sample: see ``sample_peak``); the channel that attains it is looked
   up afterwards in the rows of the token records alone (``triton_tokens.tokens_from_rows``),
 * optionally the per-channel max |x| (up to 37888 channels in bf16/fp16, 18944 in fp32; wider tensors
   take a Triton pass).
@@ -362,6 +363,16 @@ __device__ __forceinline__ unsigned lane_channel_floor(const unsigned* chw, int 
     return lo;
 }
 
+/* The first channel of this lane's vector in the warp's slot vslot (vectors vslot .. vslot + 31 of a row). Only
+   the rare paths that raise a channel maximum need it: the lane index comes from %laneid there (volatile, so
+   not hoisted), because ptxas, short of registers, otherwise works the channel out ahead of every vector's
+   test (six instructions a vector, among them an S2R of the thread index). */
+template <int DT> __device__ __forceinline__ int vec_channel(int vslot) {
+    unsigned lane;
+    asm volatile("mov.u32 %0, %%laneid;" : "=r"(lane));
+    return (vslot + (int)lane) * Elem<DT>::PER_VEC;
+}
+
 /* 4 * (w - WLO in each half) for a word of two bf16 |x| inside the window (see visit_vec16). In asm so
    that the compiler keeps one multiply-add per word rather than one per half. */
 __device__ __forceinline__ unsigned window_offsets(unsigned w) {
@@ -378,7 +389,7 @@ __device__ __forceinline__ unsigned window_offsets(unsigned w) {
 template <int DT, bool ROWS, bool CH>
 __device__ __forceinline__ void visit_vec16(const unsigned wv[4], const unsigned aw[4], unsigned vmax,
                                             unsigned* sh, unsigned* chw, Acc& a, unsigned& pmn,
-                                            unsigned& pmx, unsigned& rpk, int ch0) {
+                                            unsigned& pmx, unsigned& rpk, int vslot) {
     constexpr int D = DT == 2 ? 0 : DT;   /* keeps the 16-bit helpers instantiable */
     #pragma unroll
     for (int k = 0; k < 4; ++k) { pmn = pmin<D>(pmn, wv[k]); pmx = pmax<D>(pmx, wv[k]); }
@@ -407,7 +418,7 @@ __device__ __forceinline__ void visit_vec16(const unsigned wv[4], const unsigned
     if (ROWS) rpk = umax16x2(rpk, vmax);
     /* a vector whose max |x| is at most every one of this thread's channel maxima (a.cht, in both halves)
        raises none of them */
-    if (CH && umax16x2(vmax, a.cht) != a.cht) ch_max_vec16(chw, ch0, aw);
+    if (CH && umax16x2(vmax, a.cht) != a.cht) ch_max_vec16(chw, vec_channel<DT>(vslot), aw);
 }
 
 /* One 16-byte vector of fp32 with no inf or NaN. Every element does one shared atomic: its window bin,
@@ -415,7 +426,7 @@ __device__ __forceinline__ void visit_vec16(const unsigned wv[4], const unsigned
    redone once per vector: zeros on the shared zero count, the rest on the global histogram. */
 template <bool ROWS, bool CH>
 __device__ __forceinline__ void visit_vec32(const unsigned wv[4], unsigned* sh, u64* ghist, unsigned* chw,
-                                            Acc& a, float& rmax, int ch0) {
+                                            Acc& a, float& rmax, int vslot) {
     float v[4];
     unsigned bn[4], aw[4];
     #pragma unroll
@@ -447,7 +458,7 @@ __device__ __forceinline__ void visit_vec32(const unsigned wv[4], unsigned* sh, 
         }
     }
     if (ROWS) rmax = fmaxf(rmax, vm);
-    if (CH && __float_as_uint(vm) > a.cht) ch_max_vec32(chw, ch0, aw);
+    if (CH && __float_as_uint(vm) > a.cht) ch_max_vec32(chw, vec_channel<2>(vslot), aw);
 }
 
 /* |x| bits of element h of word w in the input's width (16-bit types: the half's bits without sign). */
@@ -460,7 +471,8 @@ template <> struct NanAbove<0> { static constexpr unsigned V = 0x7f80u; };
 template <> struct NanAbove<1> { static constexpr unsigned V = 0x7c00u; };
 template <> struct NanAbove<2> { static constexpr unsigned V = 0x7f800000u; };
 
-/* One loaded 16-byte vector starting at channel ch0: the fast path, or element by element.
+/* One loaded 16-byte vector, the lane's in the warp's slot of vectors vslot .. vslot + 31 of its row: the fast
+   path, or element by element.
    bf16/fp16: the vector's packed |x| max and min decide it in a few integer instructions. Each half h
    of (vmax + (0x8000 - HI)) has its top bit set iff h >= HI, and of (vmin + (0x8000 - LO)) iff h >= LO
    (no carry crosses halves since h <= 0x7fff), so the whole vector is finite and inside the window
@@ -468,7 +480,7 @@ template <> struct NanAbove<2> { static constexpr unsigned V = 0x7f800000u; };
    caller's MMA (the bf16 fast path); otherwise it was summed here, and a bf16 q is zeroed (so that an
    MMA over q adds nothing). */
 template <int DT, bool ROWS, bool CH>
-__device__ __forceinline__ bool process_vec(uint4& q, int ch0, unsigned* sh, u64* hist, unsigned* chw,
+__device__ __forceinline__ bool process_vec(uint4& q, int vslot, unsigned* sh, u64* hist, unsigned* chw,
                                             Acc& a, unsigned& pmn, unsigned& pmx,
                                             float& rmax, unsigned& rpk) {
     constexpr int PER_WORD = (DT == 2) ? 1 : 2;
@@ -478,7 +490,7 @@ __device__ __forceinline__ bool process_vec(uint4& q, int ch0, unsigned* sh, u64
         #pragma unroll
         for (int k = 0; k < 4; ++k) nonfinite |= (wv[k] & 0x7f800000u) == 0x7f800000u;
         if (nonfinite == 0u) {
-            visit_vec32<ROWS, CH>(wv, sh, hist, chw, a, rmax, ch0);
+            visit_vec32<ROWS, CH>(wv, sh, hist, chw, a, rmax, vslot);
             return false;
         }
     } else {
@@ -492,11 +504,12 @@ __device__ __forceinline__ bool process_vec(uint4& q, int ch0, unsigned* sh, u64
         constexpr unsigned ADD_HI = (0x8000u - HI) * 0x10001u;
         constexpr unsigned ADD_LO = (0x8000u - LO) * 0x10001u;
         if ((((vmax + ADD_HI) | ~(vmin + ADD_LO)) & 0x80008000u) == 0u) {
-            visit_vec16<DT, ROWS, CH>(wv, aw, vmax, sh, chw, a, pmn, pmx, rpk, ch0);
+            visit_vec16<DT, ROWS, CH>(wv, aw, vmax, sh, chw, a, pmn, pmx, rpk, vslot);
             return DT == 0;                    /* bf16: its signed sum is the caller's MMA */
         }
     }
     float fs = 0.f, fs2 = 0.f, fsa = 0.f;
+    const int ch0 = CH ? vec_channel<DT>(vslot) : 0;
     #pragma unroll
     for (int k = 0; k < 4; ++k) {
         #pragma unroll
@@ -525,13 +538,31 @@ __device__ __forceinline__ void mma_fold(Acc& a, const uint4 (&q)[UNROLL]) {
     a.s += (double)macc[0] + (double)macc[2];
 }
 
+/* Per-sample peaks: the rows of one sample are mostly the rows of a few blocks at once, and one global atomic
+   max per row, all on the same few words of one L2 slice, cost a [16384, 4096] pass about 3 us (one sample
+   per 4096 rows; scripts/probe_fused.py, H200). So each block remembers, per sample id modulo SCACHE, a value
+   that the sample's global peak will reach once this block's atomics land (tag = the id, value = the largest
+   |x| it sent), and a row at or under it sends nothing. Entries are one 64-bit word (id << 32 | |x| bits),
+   written whole, so a warp reads another's entry entire or not at all; either is a valid bound. */
+#define SCACHE 64
+__device__ __forceinline__ void sample_peak(u64* scache, i64 sid, float rmax, float* sample_max) {
+    volatile u64* e = scache + ((unsigned)sid & (SCACHE - 1));
+    const u64 seen = *e;
+    const bool same = (unsigned)(seen >> 32) == (unsigned)sid;
+    const float sent = __uint_as_float((unsigned)seen);
+    if (same && rmax <= sent) return;
+    atomicMax((int*)(sample_max + sid), __float_as_int(rmax));
+    *e = ((u64)(unsigned)sid << 32) | __float_as_uint(same ? fmaxf(rmax, sent) : rmax);
+}
+
 /* End of a row: the warp's max |x| (rmax from the element path and fp32, rpk the packed max of the 16-bit
    fast path, 0 when no vector took it: its |x| are never 0), then lane 0 writes the row max (-1: no
-   non-NaN value) and the per-sample peak (sid: the row's sample id, loaded by the caller ahead of time). */
+   non-NaN value) and the per-sample peak (sid: the row's sample id, loaded by the caller ahead of time;
+   ids below n_samples < 2^32, so the cache's 32-bit tag is the whole id). */
 template <int DT>
 __device__ __forceinline__ void finish_row(i64 row, int lane, float rmax, unsigned rpk,
                                            float* row_absmax, i64 sid, float* sample_max, i64 n_samples,
-                                           i64* sample_oor) {
+                                           i64* sample_oor, u64* scache) {
     if (DT != 2 && rpk != 0u) {
         const unsigned hi = max(rpk & 0xffffu, rpk >> 16);
         rmax = fmaxf(rmax, DT == 0 ? __uint_as_float(hi << 16) : half_to_float((unsigned short)hi));
@@ -541,7 +572,7 @@ __device__ __forceinline__ void finish_row(i64 row, int lane, float rmax, unsign
     if (lane == 0) {
         row_absmax[row] = rmax;
         if (sample_max != nullptr && rmax >= 0.f) {
-            if (sid >= 0 && sid < n_samples) atomicMax((int*)(sample_max + sid), __float_as_int(rmax));
+            if (sid >= 0 && sid < n_samples) sample_peak(scache, sid, rmax, sample_max);
             else atomicAdd((u64*)sample_oor, 1ull);
         }
     }
@@ -567,6 +598,8 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
     unsigned* sh = smem;                               /* [SH_HIST_WORDS] */
     unsigned* chw = sh + SH_HIST_WORDS + CH_DIRTY_WORDS;     /* channel maxima (CH), after their bitmap */
     for (int i = threadIdx.x; i < SH_HIST_WORDS + (CH ? CH_DIRTY_WORDS : 0); i += blockDim.x) sh[i] = 0u;
+    __shared__ u64 scache[SCACHE];   /* per-sample peaks already sent (sample_peak); tag ~0: empty */
+    if (ROWS && threadIdx.x < SCACHE) scache[threadIdx.x] = ~0ull;
     /* Launched with programmatic stream serialization, this grid may be resident while the kernel before
        it (the previous update's pass, or the producer of x) finishes: only shared memory is touched above. */
     MAXACT_GRID_WAIT();
@@ -737,7 +770,7 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
                     /* WHOLE 1: no lane past the row's end; 2: the whole warp's slot is in the row or none of
                        it, slot 0 always. A vector summed on the rare path comes back zeroed. */
                     if (WHOLE == 1 || u == 0 || v0 - lane + 32 * u < nvec) {
-                        process_vec<DT, ROWS, CH>(cur[u], (v0 + 32 * u) * PV, sh, hist, chw, a, pmn, pmx, rmax, rpk);
+                        process_vec<DT, ROWS, CH>(cur[u], v0 - lane + 32 * u, sh, hist, chw, a, pmn, pmx, rmax, rpk);
                         msum[u] = cur[u];
                     } else {
                         msum[u] = make_uint4(0u, 0u, 0u, 0u);
@@ -745,7 +778,7 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
                     continue;
                 }
                 msum[u] = make_uint4(0u, 0u, 0u, 0u);
-                if (v0 + 32 * u < nvec && process_vec<DT, ROWS, CH>(cur[u], (v0 + 32 * u) * PV, sh, hist, chw, a,
+                if (v0 + 32 * u < nvec && process_vec<DT, ROWS, CH>(cur[u], v0 - lane + 32 * u, sh, hist, chw, a,
                                                                    pmn, pmx, rmax, rpk))
                     msum[u] = cur[u];
             }
@@ -753,7 +786,7 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
             if (cur_c == cpr - 1) {
                 if (lane == 0) a.n += (unsigned)n_cols;
                 if (ROWS) finish_row<DT>(phys(cur_row), lane, rmax, rpk, row_absmax, sid_cur, sample_max, n_samples,
-                                         sample_oor);
+                                         sample_oor, scache);
                 rmax = -1.f; rpk = 0u;
             }
             return more;
@@ -786,7 +819,7 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
             if (lane == 0) a.n += (unsigned)n_cols;
             if (ROWS) finish_row<DT>(phys(row), lane, rmax, rpk, row_absmax,
                                      sample_ids != nullptr ? sample_ids[phys(row)] : (i64)-1,
-                                     sample_max, n_samples, sample_oor);
+                                     sample_max, n_samples, sample_oor, scache);
             rmax = -1.f; rpk = 0u;
         }
     }
@@ -1010,6 +1043,8 @@ def fused_stats(
     rows = row_absmax is not None
     if sample_abs_max is not None and (not rows or sample_oor is None):
         raise ValueError("per-sample peaks need row_absmax and sample_oor")
+    if sample_abs_max is not None and sample_abs_max.numel() >= 2**32 - 1:
+        raise ValueError("fused_stats keeps fewer than 2**32 - 1 per-sample peaks (the kernel tags them with 32 bits)")
     if row_mask is not None:
         row_mask = row_mask.reshape(-1)
         if row_mask.dtype != torch.bool:

@@ -97,6 +97,8 @@ def use_cuda_hist(device: torch.device) -> bool:
 SPARE_SMS = 2
 # Blocks of the candidate-median kernel (each takes 8 rows at a time, and lists the candidates itself).
 MEDIAN_BLOCKS = 4
+# Priority of the side streams (torch's convention: lower is more urgent; 0 is the default priority).
+SIDE_PRIORITY = 0
 
 
 @functools.lru_cache(maxsize=None)
@@ -104,7 +106,8 @@ def _side_streams(device_index: int) -> tuple[torch.cuda.Stream, torch.cuda.Stre
     """Two side streams of the device (top-k; token medians and records) and the event that forks them
     from the current stream after each fused pass."""
     with torch.cuda.device(device_index):
-        return torch.cuda.Stream(), torch.cuda.Stream(), torch.cuda.Event()
+        return (torch.cuda.Stream(priority=SIDE_PRIORITY), torch.cuda.Stream(priority=SIDE_PRIORITY),
+                torch.cuda.Event())
 
 
 def _fork(dev: torch.device) -> tuple[torch.cuda.Stream, torch.cuda.Stream]:

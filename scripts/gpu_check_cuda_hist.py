@@ -88,9 +88,15 @@ def check(shape, dtype, masked, noncontig=False, specials=True, wide=True, basic
     x2d = x
     n = x2d.shape[0]
     mask = (torch.rand(n, device=dev) > 0.3) if masked else None
-    # runs of 37 rows (a warp's rows mostly share a sample), some ids outside [0, 64)
-    sids = (torch.arange(n, device=dev) // 37) % 70 - 3
-    st = state(n, x2d.shape[1])
+    # runs of 37 rows over 64 samples (a warp's rows mostly share a sample), or, for a third of the shapes,
+    # runs of 3 rows over 1000 samples, whose ids share the kernel's 64 cache entries (sample_peak); some
+    # ids outside [0, n_samples)
+    n_samples = 1000 if (n + x2d.shape[1]) % 3 == 0 else 64
+    if n_samples == 64:
+        sids = (torch.arange(n, device=dev) // 37) % 70 - 3
+    else:
+        sids = (torch.arange(n, device=dev) // 3 * 67) % 1006 - 3
+    st = state(n, x2d.shape[1], n_samples)
     # a prior channel max (some channels above this tensor's maxima) exercises the shared start values;
     # non-zero everywhere half the time, so that lanes' channel floors are too and most vectors skip the check
     c = x2d.shape[1]
@@ -100,7 +106,7 @@ def check(shape, dtype, masked, noncontig=False, specials=True, wide=True, basic
     st["channel_abs_max"].copy_(prior)
     fit_ch = ch.channels_fit(x2d.shape[1], x2d.dtype)
     fit = fit_ch and not basic
-    e = expected(x2d, mask, sids, 64)
+    e = expected(x2d, mask, sids, n_samples)
     if basic:
         ch.fused_stats(x2d, mask, st["counts"], st["sums"], st["minmax"], st["abs_hist"],
                        channel_abs_max=st["channel_abs_max"] if basic == "channels" and fit_ch else None)
