@@ -342,16 +342,21 @@ __device__ __forceinline__ void ch_max_vec32(unsigned* chw, int ch0, const unsig
     }
 }
 
-/* The least shared maximum over the channels of vectors first_vec, first_vec + 32, ... below nvec (one
-   lane's channels in the rows path: a lane always visits the same vectors of a row) as |x| bits in the
-   input's width: 16-byte vectors of bf16/fp16 hold 8 channels (4 packed words), of fp32 4 (4 words), so
-   vector v's maxima are the 16 bytes at chw + 4 v either way. Shared maxima only rise, so the value stays a
-   lower bound for the whole block: a vector whose max |x| does not exceed it needs no channel update. Once
-   the global maxima are established (every update after a site's first few), almost no vector does. */
+/* The least shared maximum over the channels of vectors lane, lane + 32, ... below nvec (one lane's channels in
+   the rows path: a lane always visits the same vectors of a row) as |x| bits in the input's width, into
+   floors[lane] (32 words, all ones before; the caller synchronises the block, then reads it): 16-byte vectors of
+   bf16/fp16 hold 8 channels (4 packed words), of fp32 4 (4 words), so vector v's maxima are the 16 bytes at
+   chw + 4 v either way. The block's warps split the vectors and combine by a shared atomic min: had every warp
+   read all of its lane's vectors, the block would read the maxima 32 times over, a shared-memory-bound start
+   of every pass (about 0.4 us per 1000 channels; scripts/probe_fused.py, H200). Shared maxima only rise, so
+   the value stays a lower bound for the whole block: a vector whose max |x| does not exceed it needs no
+   channel update. Once the global maxima are established (every update after a site's first few), almost
+   no vector does. */
 template <int DT>
-__device__ __forceinline__ unsigned lane_channel_floor(const unsigned* chw, int first_vec, int nvec) {
+__device__ __forceinline__ void lane_channel_floor(const unsigned* chw, unsigned* floors, int lane, int warp,
+                                                   int nwarps, int nvec) {
     unsigned lo = 0xffffffffu;
-    for (int v = first_vec; v < nvec; v += 32) {
+    for (int v = lane + 32 * warp; v < nvec; v += 32 * nwarps) {
         const uint4 c = *(const uint4*)(chw + 4 * v);
         if (DT == 2) {
             lo = min(lo, min(min(c.x, c.y), min(c.z, c.w)));
@@ -360,7 +365,7 @@ __device__ __forceinline__ unsigned lane_channel_floor(const unsigned* chw, int 
             lo = min(lo, min(m & 0xffffu, m >> 16));
         }
     }
-    return lo;
+    if (lo != 0xffffffffu) atomicMin(floors + lane, lo);
 }
 
 /* The first channel of this lane's vector in the warp's slot vslot (vectors vslot .. vslot + 31 of a row). Only
@@ -600,23 +605,51 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
     for (int i = threadIdx.x; i < SH_HIST_WORDS + (CH ? CH_DIRTY_WORDS : 0); i += blockDim.x) sh[i] = 0u;
     __shared__ u64 scache[SCACHE];   /* per-sample peaks already sent (sample_peak); tag ~0: empty */
     if (ROWS && threadIdx.x < SCACHE) scache[threadIdx.x] = ~0ull;
+    __shared__ unsigned floors[32];  /* CH: each lane's channel floor (lane_channel_floor) */
+    if (CH && threadIdx.x < 32) floors[threadIdx.x] = 0xffffffffu;
     /* Launched with programmatic stream serialization, this grid may be resident while the kernel before
        it (the previous update's pass, or the producer of x) finishes: only shared memory is touched above. */
     MAXACT_GRID_WAIT();
     if (CH) {
-        /* start from the global maxima, rounded towards zero in the input's width */
-        const int nch = (int)((n_cols + 7) & ~7LL);
-        auto seed = [&](int c) -> unsigned {
-            const float g = c < n_cols ? channel_max[c] : 0.f;
+        /* Start from the global maxima, rounded towards zero in the input's width. Items of 8 channels (one
+           16-byte vector of bf16/fp16 maxima in shared memory), and a thread's loads of BATCH items all in
+           flight before it stores any: a loop of load-then-store paid one L2 round trip per item, at the
+           start of every pass (0.55 us per 1000 channels; scripts/probe_fused.py, H200). */
+        constexpr int BATCH = 4;
+        const int ngrp = (int)((n_cols + 7) >> 3);
+        const bool vec4 = (n_cols & 7) == 0 && ((size_t)channel_max & 15) == 0;
+        auto bits = [&](float g) -> unsigned {
             if (DT == 2 || DT == 0) return DT == 2 ? __float_as_uint(g) : __float_as_uint(g) >> 16;
             unsigned short h;
             asm("cvt.rz.f16.f32 %0, %1;" : "=h"(h) : "f"(g));
             return h;
         };
-        if (DT == 2) {
-            for (int c = threadIdx.x; c < nch; c += blockDim.x) chw[c] = seed(c);
-        } else {
-            for (int w = threadIdx.x; w < nch / 2; w += blockDim.x) chw[w] = seed(2 * w) | (seed(2 * w + 1) << 16);
+        for (int g0 = threadIdx.x; g0 < ngrp; g0 += BATCH * blockDim.x) {
+            float f[BATCH][8];
+            #pragma unroll
+            for (int b = 0; b < BATCH; ++b) {
+                const int g = g0 + b * blockDim.x;
+                if (vec4 && g < ngrp) {
+                    const float4 lo = ((const float4*)channel_max)[2 * g], hi = ((const float4*)channel_max)[2 * g + 1];
+                    f[b][0] = lo.x; f[b][1] = lo.y; f[b][2] = lo.z; f[b][3] = lo.w;
+                    f[b][4] = hi.x; f[b][5] = hi.y; f[b][6] = hi.z; f[b][7] = hi.w;
+                } else {
+                    #pragma unroll
+                    for (int k = 0; k < 8; ++k) f[b][k] = g < ngrp && 8 * g + k < n_cols ? channel_max[8 * g + k] : 0.f;
+                }
+            }
+            #pragma unroll
+            for (int b = 0; b < BATCH; ++b) {
+                const int g = g0 + b * blockDim.x;
+                if (g >= ngrp) break;
+                if (DT == 2) {
+                    *(uint4*)(chw + 8 * g) = make_uint4(bits(f[b][0]), bits(f[b][1]), bits(f[b][2]), bits(f[b][3]));
+                    *(uint4*)(chw + 8 * g + 4) = make_uint4(bits(f[b][4]), bits(f[b][5]), bits(f[b][6]), bits(f[b][7]));
+                } else {
+                    *(uint4*)(chw + 4 * g) = make_uint4(bits(f[b][0]) | (bits(f[b][1]) << 16), bits(f[b][2]) | (bits(f[b][3]) << 16),
+                                                        bits(f[b][4]) | (bits(f[b][5]) << 16), bits(f[b][6]) | (bits(f[b][7]) << 16));
+                }
+            }
         }
     }
     __syncthreads();
@@ -795,7 +828,11 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
            used to start each row at their own chunk, to race less on shared maxima: with the floor almost
            no vector races, and dropping the rotation took the channel maxima from 11.4 to 2.1 us of a
            [16384, 4096] pass, scripts/gpu_check_cuda_hist.py on the H200: fewer registers and spills.) */
-        if (CH) a.cht = lane_channel_floor<DT>(chw, lane, nvec) * (DT == 2 ? 1u : 0x10001u);
+        if (CH) {
+            lane_channel_floor<DT>(chw, floors, lane, warp, nwarps, nvec);
+            __syncthreads();   /* VEC is uniform: the whole block is here */
+            a.cht = floors[lane] * (DT == 2 ? 1u : 0x10001u);
+        }
         uint4 qa[UNROLL], qb[UNROLL];
         if (row < n_rows) {
             start_row(row);
@@ -887,14 +924,19 @@ __global__ void __launch_bounds__(MAXACT_BLOCK, MAXACT_MIN_BLOCKS) maxact_fused_
         if (nzero) atomicAdd(hist, (u64)nzero);
     }
     if (CH) {   /* only raised channels whose block max beats the global one (as last seen) take an atomic */
-        for (int c = threadIdx.x; c < n_cols; c += blockDim.x) {
-            if (!((chw[c / 256 - CH_DIRTY_WORDS] >> ((c >> 3) & 31)) & 1u)) continue;
-            const unsigned bits = DT == 2 ? chw[c] : (chw[c >> 1] >> ((c & 1) * 16)) & 0xffffu;
-            float v;
-            if (DT == 2) v = __uint_as_float(bits);
-            else if (DT == 0) v = __uint_as_float(bits << 16);
-            else v = half_to_float((unsigned short)bits);
-            if (v > *(volatile float*)(channel_max + c)) atomicMax((int*)(channel_max + c), __float_as_int(v));
+        /* a thread per group of 8 channels (its bit in the bitmap), not per channel: the block's last work,
+           and the SM's next pass cannot start before it is done */
+        const int ngrp = (int)((n_cols + 7) >> 3);
+        for (int g = threadIdx.x; g < ngrp; g += blockDim.x) {
+            if (!((chw[g / 32 - CH_DIRTY_WORDS] >> (g & 31)) & 1u)) continue;
+            for (int c = 8 * g; c < min(8 * g + 8, (int)n_cols); ++c) {
+                const unsigned bits = DT == 2 ? chw[c] : (chw[c >> 1] >> ((c & 1) * 16)) & 0xffffu;
+                float v;
+                if (DT == 2) v = __uint_as_float(bits);
+                else if (DT == 0) v = __uint_as_float(bits << 16);
+                else v = half_to_float((unsigned short)bits);
+                if (v > *(volatile float*)(channel_max + c)) atomicMax((int*)(channel_max + c), __float_as_int(v));
+            }
         }
     }
 }

@@ -1,7 +1,8 @@
 """Timeline of back-to-back full updates on the GPU: each kernel's stream, start (µs from the first) and
 duration, from a torch.profiler trace, the GPU held by a sleep kernel while the updates are queued (as the
 benchmark times them). Shows how the side-stream kernels interleave with the fused passes.
-Usage: PYTHONPATH=. python scripts/trace_updates.py [ROWS COLS [FEATURES [N]]]"""
+Usage: PYTHONPATH=. python scripts/trace_updates.py [ROWS COLS [FEATURES [N [WARMUP]]]] (WARMUP updates before the
+trace, 4 by default: the top-k threshold tightens at the first compaction of the pending candidates, after 31)"""
 
 import json
 import os
@@ -18,16 +19,17 @@ from maxact_kernels import ActivationStats  # noqa: E402
 rows, cols = (int(sys.argv[1]), int(sys.argv[2])) if len(sys.argv) > 2 else (16384, 4096)
 features = sys.argv[3] if len(sys.argv) > 3 else "full_candidates"
 n = int(sys.argv[4]) if len(sys.argv) > 4 else 6
+warmup = int(sys.argv[5]) if len(sys.argv) > 5 else 4
 dev = torch.device("cuda")
 xs = [activations((rows, cols), dev, seed) for seed in range(3)]
 mask = torch.ones(rows, dtype=torch.bool, device=dev)
 sids, pos = row_ids(rows, dev)
 st = ActivationStats(cols, device=dev, **FEATURES[features])
-for i in range(4):
+for i in range(warmup):
     st.update(xs[i % 3], mask, sids, pos)
 torch.cuda.synchronize()
 with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-    torch.cuda._sleep(int(20e6))   # ~10 ms: every update is queued before the GPU reaches it
+    torch.cuda._sleep(int(4e6 * (n + 2)))   # ~2 ms an update: every update is queued before the GPU reaches it
     for i in range(n):
         st.update(xs[i % 3], mask, sids, pos)
     st.settle()
