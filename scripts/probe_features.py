@@ -7,11 +7,10 @@ import sys
 
 import torch
 
-sys.path.insert(0, "benchmarks")
-from conftest import cuda_time_ms  # noqa: E402
-from test_kernels import FEATURES, activations, rotating_updates, row_ids  # noqa: E402
+from probe_common import activations, cuda_time_ms, update_time_ms  # noqa: E402
+from test_kernels import FEATURES  # noqa: E402
 
-from maxact_kernels import ActivationStats, triton_update  # noqa: E402
+from maxact_kernels import triton_update  # noqa: E402
 
 dev = torch.device("cuda")
 CAND = dict(track_tokens=True, token_median="candidates")
@@ -28,18 +27,6 @@ SETS = [
 ]
 
 
-def timed(xs, kw, masked):
-    rows, cols = xs[0].shape
-    mask = torch.ones(rows, dtype=torch.bool, device=dev) if masked else None
-    sids, pos = row_ids(rows, dev)
-    st = ActivationStats(cols, device=dev, **kw)
-    update = rotating_updates(st, xs, mask, sids, pos)
-    for _ in range(6):   # past a state's first updates (top-k filters little until its slots fill)
-        update()
-    torch.cuda.synchronize()
-    return cuda_time_ms(update, iters=20, repeats=5, finish=st.settle)
-
-
 shapes = [tuple(int(v) for v in a.split(",")) for a in sys.argv[1:]] or [(16384, 4096), (16384, 12288), (4096, 1536)]
 for shape in shapes:
     xs = [activations(shape, dev, seed) for seed in range(3)]
@@ -47,12 +34,12 @@ for shape in shapes:
     copy = cuda_time_ms(lambda: dst.copy_(xs[0]))
     print(f"{list(shape)}: copy {copy * 1e3:.1f} us", flush=True)
     for name, kw, masked in SETS:
-        t = timed(xs, kw, masked)
+        t = update_time_ms(xs, kw, masked)
         print(f"  {name:42s} {t * 1e3:7.1f} us  {copy / (2 * t):.3f} of copy", flush=True)
     saved = triton_update.SPARE_SMS
     for spare in (0, 2, 4, 8):
         triton_update.SPARE_SMS = spare
-        t = timed(xs, FEATURES["full_candidates"], True)
+        t = update_time_ms(xs, FEATURES["full_candidates"], True)
         print(f"  full, candidates, {spare} SMs left to the side streams {t * 1e3:7.1f} us  {copy / (2 * t):.3f}",
               flush=True)
     triton_update.SPARE_SMS = saved

@@ -11,8 +11,7 @@ import sys
 import numpy as np
 import torch
 
-sys.path.insert(0, "benchmarks")
-from conftest import cuda_time_ms  # noqa: E402
+from probe_common import cuda_time_ms, update_time_ms  # noqa: E402
 from test_kernels import FEATURES, activations, rotating_updates, row_ids  # noqa: E402
 
 from maxact_kernels import ActivationStats, cuda_hist  # noqa: E402
@@ -22,14 +21,7 @@ CASES = [("basic", False), ("basic", True), ("full_candidates", True)]
 
 
 def timed(xs, features, masked):
-    rows, cols = xs[0].shape
-    mask = torch.ones(rows, dtype=torch.bool, device=dev) if masked else None
-    sids, pos = row_ids(rows, dev)
-    st = ActivationStats(cols, device=dev, **FEATURES[features])
-    update = rotating_updates(st, xs, mask, sids, pos)
-    update()
-    torch.cuda.synchronize()
-    return cuda_time_ms(update, iters=20, repeats=5, finish=st.settle)
+    return update_time_ms(xs, FEATURES[features], masked, warmup=1)
 
 
 def summaries_equal(xs, features, masked):

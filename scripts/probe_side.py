@@ -8,28 +8,15 @@ import sys
 
 import torch
 
-sys.path.insert(0, "benchmarks")
-from conftest import cuda_time_ms  # noqa: E402
-from test_kernels import FEATURES, activations, rotating_updates, row_ids  # noqa: E402
+from probe_common import activations, cuda_time_ms, update_time_ms  # noqa: E402
+from test_kernels import FEATURES  # noqa: E402
 
-from maxact_kernels import ActivationStats, triton_topk, triton_update  # noqa: E402
+from maxact_kernels import triton_topk, triton_update  # noqa: E402
 
 dev = torch.device("cuda")
 # (median blocks, spare SMs, side-stream priority, top-k elements channel block)
 CONFIGS = [(4, 2, 0, 1024), (2, 2, 0, 1024), (4, 3, 0, 1024), (2, 3, 0, 1024), (4, 2, -1, 1024),
            (4, 2, 0, 256), (4, 2, 0, 4096), (2, 2, -1, 256), (4, 2, 0, 1024)]
-
-
-def timed(xs):
-    rows, cols = xs[0].shape
-    mask = torch.ones(rows, dtype=torch.bool, device=dev)
-    sids, pos = row_ids(rows, dev)
-    st = ActivationStats(cols, device=dev, **FEATURES["full_candidates"])
-    update = rotating_updates(st, xs, mask, sids, pos)
-    for _ in range(6):
-        update()
-    torch.cuda.synchronize()
-    return cuda_time_ms(update, iters=20, repeats=5, finish=st.settle)
 
 
 shapes = [tuple(int(v) for v in a.split(",")) for a in sys.argv[1:]] or [(16384, 4096)]
@@ -42,6 +29,6 @@ for shape in shapes:
         triton_update.MEDIAN_BLOCKS, triton_update.SPARE_SMS = blocks, spare
         triton_update.SIDE_PRIORITY, triton_topk.GPU_BLOCK_C = prio, block_c
         triton_update._side_streams.cache_clear()
-        t = timed(xs)
+        t = update_time_ms(xs, FEATURES["full_candidates"], True)
         print(f"  median blocks {blocks}, {spare} SMs free, priority {prio:2d}, top-k channel block {block_c:4d}: "
               f"{t * 1e3:6.1f} us  {copy / (2 * t):.3f} of copy", flush=True)
